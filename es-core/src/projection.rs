@@ -1,0 +1,525 @@
+//! Projections and the runner that feeds them from the global log.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::error::{BoxError, Error, Result};
+use crate::store::{CheckpointStore, ContextProvider, EventStore};
+use crate::types::{Checkpoint, EventFilter, ParkedEvent, Position, RecordedEvent};
+
+/// A read model fed by events of the global log.
+///
+/// A projection names the [`Context`](Projection::Context) its handler works
+/// in: `()` for a read model in memory or elsewhere, or a store's transaction
+/// type for a read model in the store's own database. A runner can feed a
+/// projection when its store provides that context
+/// ([`ContextProvider`]); with a transaction, the read model's writes and the
+/// projection's checkpoint commit together.
+///
+/// `handle` receives stored events of the types in
+/// [`event_types`](Projection::event_types) and decodes them with the event
+/// family's [`Event::decode`](crate::Event::decode), so upcasters and aliases
+/// apply. An error from `handle` stops the projection at that event, or parks
+/// the event, per the runner's [`FailurePolicy`].
+///
+/// ```
+/// use std::sync::Mutex;
+/// use es_core::{BoxError, Projection, RecordedEvent};
+///
+/// #[derive(Default)]
+/// struct EventCount(Mutex<u64>);
+///
+/// #[async_trait::async_trait]
+/// impl Projection for EventCount {
+///     type Context = ();
+///     const NAME: &'static str = "event_count";
+///     fn event_types() -> Option<Vec<String>> { None }
+///     async fn handle(&self, _: &mut (), _: &RecordedEvent) -> Result<(), BoxError> {
+///         *self.0.lock().unwrap() += 1;
+///         Ok(())
+///     }
+///     async fn reset(&self, _: &mut ()) -> Result<(), BoxError> {
+///         *self.0.lock().unwrap() = 0;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// What the handler works in: `()`, or a store's transaction.
+    type Context: Send;
+
+    /// The projection's name, the key of its checkpoint.
+    const NAME: &'static str;
+
+    /// The projection's version. Changing it rebuilds the read model from
+    /// the start of the log.
+    const VERSION: u32 = 1;
+
+    /// The stored event type names to read (with aliases), or `None` for
+    /// every event. Use [`Event::stored_types`](crate::Event::stored_types).
+    fn event_types() -> Option<Vec<String>>;
+
+    /// Handles one event.
+    async fn handle(&self, context: &mut Self::Context, event: &RecordedEvent)
+        -> Result<(), BoxError>;
+
+    /// Clears the read model before a rebuild.
+    async fn reset(&self, context: &mut Self::Context) -> Result<(), BoxError>;
+}
+
+/// What the runner does when a handler fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Stop the projection with [`Error::Projection`], naming the failing
+    /// event. Nothing after it is handled until the projection is started again.
+    #[default]
+    Stop,
+    /// Park the event (kept, listable, retryable) and go on.
+    Park,
+}
+
+/// Where a projection stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    /// The projection's name.
+    pub name: &'static str,
+    /// The version of the code.
+    pub version: u32,
+    /// The stored checkpoint, if any.
+    pub checkpoint: Option<Checkpoint>,
+    /// The log's last position.
+    pub head: Position,
+    /// How many events are parked.
+    pub parked: usize,
+}
+
+/// The result of [`ProjectionRunner::retry_parked`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryReport {
+    /// Parked events handled successfully and removed.
+    pub recovered: usize,
+    /// Parked events that failed again and stay parked.
+    pub still_failing: usize,
+}
+
+/// Feeds a projection from the global log: catch up from the checkpoint,
+/// then follow new events, in batches, checkpointing after each batch.
+///
+/// ```
+/// # use std::sync::Mutex;
+/// # use es_core::{BoxError, Projection, RecordedEvent};
+/// # #[derive(Default)] struct EventCount(Mutex<u64>);
+/// # #[async_trait::async_trait]
+/// # impl Projection for EventCount {
+/// #     type Context = ();
+/// #     const NAME: &'static str = "event_count";
+/// #     fn event_types() -> Option<Vec<String>> { None }
+/// #     async fn handle(&self, _: &mut (), _: &RecordedEvent) -> Result<(), BoxError> { *self.0.lock().unwrap() += 1; Ok(()) }
+/// #     async fn reset(&self, _: &mut ()) -> Result<(), BoxError> { *self.0.lock().unwrap() = 0; Ok(()) }
+/// # }
+/// use es_core::{InMemoryStore, ProjectionRunner};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = InMemoryStore::new();
+/// let runner = ProjectionRunner::new(store.clone(), EventCount::default());
+/// let running = runner.spawn();
+/// // ... commands append events; the projection follows them ...
+/// running.stop().await?;
+/// # Ok::<(), es_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct ProjectionRunner<P, S> {
+    inner: Arc<Inner<P, S>>,
+}
+
+struct Inner<P, S> {
+    store: S,
+    projection: P,
+    batch_size: usize,
+    policy: FailurePolicy,
+    idle_wait: Duration,
+    filter: EventFilter,
+}
+
+impl<P, S> Clone for ProjectionRunner<P, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<P, S> std::fmt::Debug for ProjectionRunner<P, S>
+where
+    P: Projection,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("projection", &P::NAME)
+            .field("batch_size", &self.inner.batch_size)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a step found work.
+enum Step {
+    Progress(Position),
+    Idle(Position),
+}
+
+impl<P, S> ProjectionRunner<P, S>
+where
+    P: Projection,
+    S: EventStore + CheckpointStore + ContextProvider<P::Context> + 'static,
+{
+    /// A runner with batches of 500 events and [`FailurePolicy::Stop`].
+    pub fn new(store: S, projection: P) -> Self {
+        Self::build(store, projection, 500, FailurePolicy::Stop)
+    }
+
+    fn build(store: S, projection: P, batch_size: usize, policy: FailurePolicy) -> Self {
+        let filter = EventFilter {
+            event_types: P::event_types(),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                projection,
+                batch_size: batch_size.max(1),
+                policy,
+                idle_wait: Duration::from_secs(5),
+                filter,
+            }),
+        }
+    }
+
+    fn rebuild_with(self, f: impl FnOnce(&mut Inner<P, S>)) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                f(&mut inner);
+                Self {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(shared) => Self { inner: shared },
+        }
+    }
+
+    /// Sets the most events handled in one batch (one transaction).
+    #[must_use]
+    pub fn batch_size(self, batch_size: usize) -> Self {
+        self.rebuild_with(|i| i.batch_size = batch_size.max(1))
+    }
+
+    /// Sets what happens when the handler fails.
+    #[must_use]
+    pub fn failure_policy(self, policy: FailurePolicy) -> Self {
+        self.rebuild_with(|i| i.policy = policy)
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.inner.projection
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The projection's checkpoint, its head and parked count.
+    pub async fn status(&self) -> Result<ProjectionStatus> {
+        let store = &self.inner.store;
+        Ok(ProjectionStatus {
+            name: P::NAME,
+            version: P::VERSION,
+            checkpoint: store.load_checkpoint(P::NAME).await?,
+            head: store.head().await?,
+            parked: store.parked(P::NAME).await?.len(),
+        })
+    }
+
+    /// Where to start: the stored checkpoint, after a rebuild if the stored
+    /// version differs from the code's.
+    async fn start(&self) -> Result<Position> {
+        match self.inner.store.load_checkpoint(P::NAME).await? {
+            Some(c) if c.version == P::VERSION => Ok(c.position),
+            Some(c) => {
+                tracing::info!(
+                    projection = P::NAME,
+                    stored = c.version,
+                    current = P::VERSION,
+                    "projection version changed; rebuilding"
+                );
+                self.rebuild().await?;
+                Ok(Position::START)
+            }
+            None => Ok(Position::START),
+        }
+    }
+
+    /// Clears the read model and the checkpoint (in one transaction where the
+    /// store provides one) and drops the parked events; the next run replays
+    /// the log from the start. Stop a running projection first.
+    pub async fn rebuild(&self) -> Result<()> {
+        let store = &self.inner.store;
+        let mut context = store.begin().await?;
+        self.inner
+            .projection
+            .reset(&mut context)
+            .await
+            .map_err(|source| Error::Store {
+                message: format!("projection `{}` failed to reset", P::NAME),
+                source: Some(source),
+            })?;
+        store
+            .commit(
+                context,
+                P::NAME,
+                Some(Checkpoint {
+                    position: Position::START,
+                    version: P::VERSION,
+                }),
+            )
+            .await?;
+        for parked in store.parked(P::NAME).await? {
+            store.unpark(P::NAME, parked.event.position).await?;
+        }
+        tracing::info!(projection = P::NAME, "projection reset for rebuild");
+        Ok(())
+    }
+
+    /// Handles every event up to the log's current end, then returns the
+    /// checkpoint.
+    pub async fn catch_up(&self) -> Result<Position> {
+        let mut position = self.start().await?;
+        loop {
+            match self.step(position).await? {
+                Step::Progress(p) => position = p,
+                Step::Idle(p) => return Ok(p),
+            }
+        }
+    }
+
+    /// Catches up, then follows new events until `shutdown` completes. A
+    /// batch in progress is finished before returning.
+    pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut position = self.start().await?;
+        loop {
+            let stop_now = tokio::select! {
+                biased;
+                () = &mut shutdown => true,
+                () = std::future::ready(()) => false,
+            };
+            if stop_now {
+                break;
+            }
+            match self.step(position).await? {
+                Step::Progress(p) => position = p,
+                Step::Idle(p) => {
+                    position = p;
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        waited = self.inner.store.wait_for_events(position, self.inner.idle_wait) => {
+                            waited?;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(projection = P::NAME, position = %position, "projection stopped");
+        Ok(())
+    }
+
+    /// Runs the projection on a tokio task until [`RunningProjection::stop`].
+    pub fn spawn(&self) -> RunningProjection {
+        let (stop, mut stopped) = watch::channel(false);
+        let runner = self.clone();
+        let task = tokio::spawn(async move {
+            runner
+                .run_until(async move {
+                    // The sender is kept by the handle; when it is dropped, stop too.
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        RunningProjection { stop, task }
+    }
+
+    /// Reads and handles one batch after `position`.
+    async fn step(&self, position: Position) -> Result<Step> {
+        let inner = &*self.inner;
+        let slice = inner
+            .store
+            .read_all(position, &inner.filter, inner.batch_size)
+            .await?;
+        if slice.events.is_empty() {
+            if slice.next != position {
+                self.commit_empty(slice.next).await?;
+                return Ok(Step::Progress(slice.next));
+            }
+            return Ok(Step::Idle(position));
+        }
+        let span = tracing::debug_span!(
+            "projection_batch",
+            projection = P::NAME,
+            from = position.0,
+            to = slice.next.0,
+            events = slice.events.len(),
+        );
+        self.handle_batch(&slice.events, slice.next)
+            .instrument(span)
+            .await
+    }
+
+    async fn commit_empty(&self, position: Position) -> Result<()> {
+        let store = &self.inner.store;
+        let context = store.begin().await?;
+        store
+            .commit(context, P::NAME, Some(self.checkpoint(position)))
+            .await
+    }
+
+    fn checkpoint(&self, position: Position) -> Checkpoint {
+        Checkpoint {
+            position,
+            version: P::VERSION,
+        }
+    }
+
+    async fn handle_batch(&self, events: &[RecordedEvent], next: Position) -> Result<Step> {
+        let inner = &*self.inner;
+        let store = &inner.store;
+        let mut context = store.begin().await?;
+        for (i, event) in events.iter().enumerate() {
+            let Err(source) = inner.projection.handle(&mut context, event).await else {
+                continue;
+            };
+            let before = i.checked_sub(1).map(|b| events[b].position);
+            // Undo the batch where the store can, then keep what is safe to keep.
+            let context = if store.is_transactional() {
+                drop(context);
+                let mut redo = store.begin().await?;
+                for earlier in &events[..i] {
+                    inner
+                        .projection
+                        .handle(&mut redo, earlier)
+                        .await
+                        .map_err(|source| projection_error(P::NAME, earlier, source))?;
+                }
+                redo
+            } else {
+                context
+            };
+            match inner.policy {
+                FailurePolicy::Stop => {
+                    if let Some(before) = before {
+                        store
+                            .commit(context, P::NAME, Some(self.checkpoint(before)))
+                            .await?;
+                    }
+                    let error = projection_error(P::NAME, event, source);
+                    tracing::error!(%error, "projection stopped");
+                    return Err(error);
+                }
+                FailurePolicy::Park => {
+                    tracing::warn!(
+                        projection = P::NAME,
+                        position = %event.position,
+                        event_type = %event.event_type,
+                        error = %source,
+                        "event parked"
+                    );
+                    store
+                        .park(ParkedEvent {
+                            projection: P::NAME.to_owned(),
+                            event: event.clone(),
+                            error: source.to_string(),
+                            parked_at: Utc::now(),
+                        })
+                        .await?;
+                    store
+                        .commit(context, P::NAME, Some(self.checkpoint(event.position)))
+                        .await?;
+                    return Ok(Step::Progress(event.position));
+                }
+            }
+        }
+        store.commit(context, P::NAME, Some(self.checkpoint(next))).await?;
+        Ok(Step::Progress(next))
+    }
+
+    /// Handles the parked events again, in position order: each that
+    /// succeeds is committed and removed, each that fails stays parked with
+    /// its new error.
+    pub async fn retry_parked(&self) -> Result<RetryReport> {
+        let inner = &*self.inner;
+        let store = &inner.store;
+        let mut report = RetryReport::default();
+        for parked in store.parked(P::NAME).await? {
+            let mut context = store.begin().await?;
+            match inner.projection.handle(&mut context, &parked.event).await {
+                Ok(()) => {
+                    store.commit(context, P::NAME, None).await?;
+                    store.unpark(P::NAME, parked.event.position).await?;
+                    report.recovered += 1;
+                }
+                Err(error) => {
+                    drop(context);
+                    store
+                        .park(ParkedEvent {
+                            error: error.to_string(),
+                            parked_at: Utc::now(),
+                            ..parked
+                        })
+                        .await?;
+                    report.still_failing += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn projection_error(projection: &str, event: &RecordedEvent, source: BoxError) -> Error {
+    Error::Projection {
+        projection: projection.to_owned(),
+        position: event.position,
+        stream_id: event.stream_id.clone(),
+        version: event.version,
+        event_type: event.event_type.clone(),
+        source,
+    }
+}
+
+/// A projection running on a tokio task.
+#[derive(Debug)]
+pub struct RunningProjection {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningProjection {
+    /// Asks the projection to stop after its current batch and waits for it.
+    /// Returns the error that stopped it earlier, if one did.
+    pub async fn stop(self) -> Result<()> {
+        self.stop.send_replace(true);
+        self.task
+            .await
+            .map_err(|e| Error::store("projection task failed", e))?
+    }
+
+    /// Whether the task has ended (stopped, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}

@@ -1,0 +1,600 @@
+//! The repository: load an aggregate, decide, append, retry on conflicts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::Utc;
+use tracing::{field, Instrument};
+
+use crate::aggregate::{Aggregate, SnapshotPolicy};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::store::{EventStore, SnapshotStore};
+use crate::types::{
+    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, Snapshot, StreamId,
+    Version,
+};
+
+/// How many events a load reads per round trip.
+const PAGE: usize = 1024;
+
+/// The error of [`Repository::execute`]: the domain refused the command, or
+/// the framework failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E> {
+    /// The aggregate's `handle` refused the command. Nothing was appended.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// Loading or appending failed; a conflict that outlived every retry is
+    /// [`Error::Conflict`]. Nothing was appended.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl<E> ExecuteError<E> {
+    /// Whether the command failed on a concurrency conflict after every retry.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ExecuteError::Failed(e) if e.is_conflict())
+    }
+}
+
+/// Options of one command: its metadata and an optional idempotency key.
+///
+/// ```
+/// use es_core::{ExecuteOptions, Metadata};
+///
+/// let options = ExecuteOptions::from(Metadata::correlated("req-1"))
+///     .idempotency_key("pay-order-7");
+/// assert_eq!(options.metadata.correlation_id.as_deref(), Some("req-1"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecuteOptions {
+    /// The metadata of every event the command produces.
+    pub metadata: Metadata,
+    /// With a key, executing again with the same key returns the first
+    /// outcome and appends nothing.
+    pub idempotency_key: Option<String>,
+}
+
+impl ExecuteOptions {
+    /// These options with an idempotency key.
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+impl From<Metadata> for ExecuteOptions {
+    fn from(metadata: Metadata) -> Self {
+        Self {
+            metadata,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// An aggregate's state as loaded from the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded<A> {
+    /// The stream it was built from.
+    pub stream_id: StreamId,
+    /// The version of the last event applied ([`Version::INITIAL`] for a new aggregate).
+    pub version: Version,
+    /// The state.
+    pub state: A,
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Executed<E> {
+    /// The aggregate's stream.
+    pub stream_id: StreamId,
+    /// Where the events were appended; `None` when the command produced none.
+    pub committed: Option<Committed>,
+    /// The events the command produced (for a repeated idempotency key: the
+    /// events of the first execution).
+    pub events: Vec<E>,
+    /// The stream's version after the command.
+    pub version: Version,
+    /// Whether this is the remembered outcome of an earlier execution with the
+    /// same idempotency key.
+    pub duplicate: bool,
+}
+
+/// Loads aggregates and executes commands on them.
+///
+/// `execute` loads the state (from the latest usable snapshot, then the tail
+/// of events), calls the aggregate's `handle`, and appends the events with
+/// the loaded version as the expected version. On a conflict it loads again
+/// and decides again, up to [`Repository::with_retries`] times (3 by default).
+/// Snapshots follow the aggregate's policy; a failed snapshot is logged and
+/// counted and never fails the command.
+///
+/// ```
+/// # use es_core::{Aggregate, Event, EventSchema};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # pub enum CounterEvent { Added(u64) }
+/// # impl Event for CounterEvent {
+/// #     fn event_type(&self) -> &'static str { "Added" }
+/// #     fn to_payload(&self) -> serde_json::Result<serde_json::Value> { let Self::Added(n) = self; Ok((*n).into()) }
+/// #     fn from_payload(_: &str, p: &serde_json::Value) -> serde_json::Result<Self> { Ok(Self::Added(u64::deserialize(p)?)) }
+/// #     fn schema() -> &'static EventSchema {
+/// #         static S: std::sync::OnceLock<EventSchema> = std::sync::OnceLock::new();
+/// #         S.get_or_init(|| EventSchema::builder("CounterEvent").event("Added", 1).build())
+/// #     }
+/// # }
+/// # #[derive(Debug, thiserror::Error)] #[error("limit")] pub struct LimitReached;
+/// # #[derive(Default, Clone, Serialize, Deserialize)] pub struct Counter { total: u64 }
+/// # impl Aggregate for Counter {
+/// #     const NAME: &'static str = "counter";
+/// #     type Event = CounterEvent; type Command = u64; type Error = LimitReached;
+/// #     fn handle(&self, add: u64) -> Result<Vec<CounterEvent>, LimitReached> {
+/// #         if self.total + add > 10 { return Err(LimitReached); } Ok(vec![CounterEvent::Added(add)]) }
+/// #     fn apply(&mut self, CounterEvent::Added(n): &CounterEvent) { self.total += n }
+/// # }
+/// use es_core::{InMemoryStore, Metadata, Repository, ExecuteError};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let counters = Repository::<Counter, _>::new(InMemoryStore::new());
+/// counters.execute("c1", 4).await?;
+/// counters.execute_with("c1", 5, Metadata::correlated("req-9")).await?;
+/// let refused = counters.execute("c1", 2).await;
+/// assert!(matches!(refused, Err(ExecuteError::Rejected(LimitReached))));
+/// assert_eq!(counters.load("c1").await?.state.total, 9);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Repository<A: Aggregate, S> {
+    store: S,
+    retries: usize,
+    cache: Option<Arc<StateCache<A>>>,
+    snapshot_failures: Arc<AtomicU64>,
+}
+
+impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            retries: self.retries,
+            cache: self.cache.clone(),
+            snapshot_failures: Arc::clone(&self.snapshot_failures),
+        }
+    }
+}
+
+impl<A: Aggregate, S> fmt::Debug for Repository<A, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &A::NAME)
+            .field("retries", &self.retries)
+            .field("cache", &self.cache.as_ref().map(|c| c.capacity))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, S> Repository<A, S>
+where
+    A: Aggregate,
+    S: EventStore + SnapshotStore,
+{
+    /// A repository over a store, with 3 retries and no state cache.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            retries: 3,
+            cache: None,
+            snapshot_failures: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sets how many times a command is decided again after a conflict.
+    #[must_use]
+    pub fn with_retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Keeps the states of up to `capacity` recently used aggregates in
+    /// memory, so that a hot aggregate is not replayed for every command. A
+    /// cached state is trusted for deciding; a conflict drops it and the
+    /// retry loads from the store. Use it when this process is the main
+    /// writer of its aggregates.
+    #[must_use]
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| Arc::new(StateCache::new(capacity)));
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// How many snapshots failed to save since this repository was made.
+    pub fn snapshot_failures(&self) -> u64 {
+        self.snapshot_failures.load(Ordering::Relaxed)
+    }
+
+    /// The stream id of the aggregate with this id.
+    pub fn stream_id(id: impl fmt::Display) -> StreamId {
+        StreamId::for_aggregate(A::NAME, id)
+    }
+
+    /// Loads an aggregate's current state.
+    pub async fn load(&self, id: impl fmt::Display) -> Result<Loaded<A>> {
+        let stream_id = Self::stream_id(id);
+        let span = tracing::debug_span!(
+            "load",
+            aggregate = A::NAME,
+            stream_id = %stream_id,
+            version = field::Empty,
+            events = field::Empty,
+        );
+        async {
+            let start = match self.cache.as_ref().and_then(|c| c.get(&stream_id)) {
+                Some(cached) => cached,
+                None => self.load_start(&stream_id).await?,
+            };
+            self.replay_tail(start).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Where a load starts: the latest usable snapshot, or the initial state.
+    async fn load_start(&self, stream_id: &StreamId) -> Result<Loaded<A>> {
+        let initial = Loaded {
+            stream_id: stream_id.clone(),
+            version: Version::INITIAL,
+            state: A::default(),
+        };
+        if A::snapshot_policy() == SnapshotPolicy::Never {
+            return Ok(initial);
+        }
+        let snapshot = match self.store.load_snapshot(stream_id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(initial),
+            Err(error) => {
+                tracing::warn!(stream_id = %stream_id, %error, "snapshot unreadable; replaying all events");
+                return Ok(initial);
+            }
+        };
+        if snapshot.state_version != A::STATE_VERSION {
+            tracing::debug!(
+                stream_id = %stream_id,
+                stored = snapshot.state_version,
+                current = A::STATE_VERSION,
+                "snapshot of another state version ignored"
+            );
+            return Ok(initial);
+        }
+        match A::deserialize(&snapshot.state) {
+            Ok(state) => Ok(Loaded {
+                stream_id: stream_id.clone(),
+                version: snapshot.version,
+                state,
+            }),
+            Err(error) => {
+                tracing::warn!(stream_id = %stream_id, version = %snapshot.version, %error,
+                    "snapshot does not deserialize; replaying all events");
+                Ok(initial)
+            }
+        }
+    }
+
+    /// Applies the events after `loaded.version`.
+    async fn replay_tail(&self, mut loaded: Loaded<A>) -> Result<Loaded<A>> {
+        let schema = A::Event::schema();
+        let mut applied = 0usize;
+        loop {
+            let page = self
+                .store
+                .read_stream(&loaded.stream_id, loaded.version.next(), PAGE)
+                .await?;
+            for raw in &page {
+                let envelope = schema.decode::<A::Event>(raw)?;
+                loaded.state.apply(&envelope.event);
+                loaded.version = raw.version;
+            }
+            applied += page.len();
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        let span = tracing::Span::current();
+        span.record("version", loaded.version.0);
+        span.record("events", applied);
+        Ok(loaded)
+    }
+
+    /// Executes a command on the aggregate with this id.
+    pub async fn execute(
+        &self,
+        id: impl fmt::Display,
+        command: A::Command,
+    ) -> std::result::Result<Executed<A::Event>, ExecuteError<A::Error>> {
+        self.execute_with(id, command, ExecuteOptions::default())
+            .await
+    }
+
+    /// Executes a command with metadata (correlation and causation ids) or
+    /// other [`ExecuteOptions`] such as an idempotency key.
+    pub async fn execute_with(
+        &self,
+        id: impl fmt::Display,
+        command: A::Command,
+        options: impl Into<ExecuteOptions>,
+    ) -> std::result::Result<Executed<A::Event>, ExecuteError<A::Error>> {
+        let options = options.into();
+        let stream_id = Self::stream_id(id);
+        let span = tracing::debug_span!(
+            "execute",
+            aggregate = A::NAME,
+            stream_id = %stream_id,
+            expected = field::Empty,
+            version = field::Empty,
+            events = field::Empty,
+            retries = field::Empty,
+        );
+        self.execute_in_span(stream_id, command, options)
+            .instrument(span)
+            .await
+    }
+
+    async fn execute_in_span(
+        &self,
+        stream_id: StreamId,
+        command: A::Command,
+        options: ExecuteOptions,
+    ) -> std::result::Result<Executed<A::Event>, ExecuteError<A::Error>> {
+        let span = tracing::Span::current();
+        if let Some(key) = &options.idempotency_key {
+            if let Some(first) = self.store.find_idempotency_key(key).await? {
+                if first.stream_id != stream_id {
+                    return Err(Error::IdempotencyKeyReused {
+                        key: key.clone(),
+                        used_for: first.stream_id,
+                        stream_id,
+                    }
+                    .into());
+                }
+                return Ok(self.remembered(first).await?);
+            }
+        }
+        let append_options = AppendOptions {
+            idempotency_key: options.idempotency_key.clone(),
+        };
+        let mut attempt = 0;
+        loop {
+            let loaded = match self.cache.as_ref().and_then(|c| c.get(&stream_id)) {
+                Some(cached) => cached,
+                None => {
+                    let start = self.load_start(&stream_id).await?;
+                    self.replay_tail(start).await?
+                }
+            };
+            let Loaded {
+                version: before,
+                mut state,
+                ..
+            } = loaded;
+            let events = state
+                .handle(command.clone())
+                .map_err(ExecuteError::Rejected)?;
+            span.record("expected", before.0);
+            if events.is_empty() {
+                return Ok(Executed {
+                    stream_id,
+                    committed: None,
+                    events,
+                    version: before,
+                    duplicate: false,
+                });
+            }
+            let mut metadata = options.metadata.clone();
+            metadata.recorded_at.get_or_insert_with(Utc::now);
+            let encoded = events
+                .iter()
+                .map(|e| e.encode(metadata.clone()))
+                .collect::<Result<Vec<_>>>()?;
+            let outcome = self
+                .store
+                .append(
+                    &stream_id,
+                    ExpectedVersion::Exact(before),
+                    encoded,
+                    &append_options,
+                )
+                .await;
+            match outcome {
+                Ok(AppendOutcome::Appended(committed)) => {
+                    for event in &events {
+                        state.apply(event);
+                    }
+                    let after = committed.last_version;
+                    span.record("version", after.0);
+                    span.record("events", events.len());
+                    span.record("retries", attempt);
+                    if A::snapshot_policy().is_due(before.0, after.0) {
+                        self.snapshot(&stream_id, after, &state).await;
+                    }
+                    if let Some(cache) = &self.cache {
+                        cache.put(Loaded {
+                            stream_id: stream_id.clone(),
+                            version: after,
+                            state,
+                        });
+                    }
+                    return Ok(Executed {
+                        stream_id,
+                        committed: Some(committed),
+                        events,
+                        version: after,
+                        duplicate: false,
+                    });
+                }
+                Ok(AppendOutcome::Duplicate(first)) => {
+                    return Ok(self.remembered(first).await?);
+                }
+                Err(error) if error.is_conflict() => {
+                    if let Some(cache) = &self.cache {
+                        cache.remove(&stream_id);
+                    }
+                    if attempt >= self.retries {
+                        span.record("retries", attempt);
+                        return Err(error.into());
+                    }
+                    attempt += 1;
+                    tracing::debug!(attempt, "conflict; deciding again");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// The outcome of an earlier execution, read back from the store.
+    async fn remembered(&self, first: Committed) -> Result<Executed<A::Event>> {
+        let schema = A::Event::schema();
+        let count = usize::try_from(first.len()).unwrap_or(usize::MAX);
+        let raw = self
+            .store
+            .read_stream(&first.stream_id, first.first_version, count)
+            .await?;
+        let events = raw
+            .iter()
+            .map(|r| schema.decode::<A::Event>(r).map(|e| e.event))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        tracing::debug!(stream_id = %first.stream_id, "idempotency key seen before; nothing appended");
+        Ok(Executed {
+            stream_id: first.stream_id.clone(),
+            version: first.last_version,
+            committed: Some(first),
+            events,
+            duplicate: true,
+        })
+    }
+
+    async fn snapshot(&self, stream_id: &StreamId, version: Version, state: &A) {
+        let result = match serde_json::to_value(state) {
+            Ok(value) => {
+                self.store
+                    .save_snapshot(Snapshot {
+                        stream_id: stream_id.clone(),
+                        version,
+                        state_version: A::STATE_VERSION,
+                        state: value,
+                        taken_at: Utc::now(),
+                    })
+                    .await
+            }
+            Err(source) => Err(Error::Encode {
+                what: format!("state of {}", A::NAME),
+                source,
+            }),
+        };
+        if let Err(error) = result {
+            self.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(stream_id = %stream_id, version = %version, %error, "snapshot not saved");
+        }
+    }
+}
+
+/// A bounded map of recently used aggregate states, least recently used out first.
+struct StateCache<A> {
+    capacity: usize,
+    inner: Mutex<CacheInner<A>>,
+}
+
+struct CacheInner<A> {
+    tick: u64,
+    entries: HashMap<StreamId, (Loaded<A>, u64)>,
+    by_use: BTreeMap<u64, StreamId>,
+}
+
+impl<A: Clone> StateCache<A> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(CacheInner {
+                tick: 0,
+                entries: HashMap::new(),
+                by_use: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner<A>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, stream_id: &StreamId) -> Option<Loaded<A>> {
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        let (loaded, used) = inner.entries.get_mut(stream_id)?;
+        let old = std::mem::replace(used, tick);
+        let loaded = loaded.clone();
+        inner.by_use.remove(&old);
+        inner.by_use.insert(tick, stream_id.clone());
+        Some(loaded)
+    }
+
+    fn put(&self, loaded: Loaded<A>) {
+        let mut inner = self.lock();
+        inner.tick += 1;
+        let tick = inner.tick;
+        let key = loaded.stream_id.clone();
+        if let Some((_, old)) = inner.entries.insert(key.clone(), (loaded, tick)) {
+            inner.by_use.remove(&old);
+        }
+        inner.by_use.insert(tick, key);
+        while inner.entries.len() > self.capacity {
+            let Some((_, oldest)) = inner.by_use.pop_first() else {
+                break;
+            };
+            inner.entries.remove(&oldest);
+        }
+    }
+
+    fn remove(&self, stream_id: &StreamId) {
+        let mut inner = self.lock();
+        if let Some((_, used)) = inner.entries.remove(stream_id) {
+            inner.by_use.remove(&used);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loaded(id: &str, v: u64) -> Loaded<u32> {
+        Loaded {
+            stream_id: id.into(),
+            version: Version(v),
+            state: 0,
+        }
+    }
+
+    #[test]
+    fn cache_is_bounded_and_evicts_least_recently_used() {
+        let cache = StateCache::new(2);
+        cache.put(loaded("a", 1));
+        cache.put(loaded("b", 1));
+        assert!(cache.get(&"a".into()).is_some());
+        cache.put(loaded("c", 1));
+        assert!(cache.get(&"b".into()).is_none(), "b was least recently used");
+        assert!(cache.get(&"a".into()).is_some());
+        assert!(cache.get(&"c".into()).is_some());
+        cache.put(loaded("a", 2));
+        assert_eq!(cache.get(&"a".into()).unwrap().version, Version(2));
+        cache.remove(&"a".into());
+        assert!(cache.get(&"a".into()).is_none());
+        let inner = cache.lock();
+        assert_eq!(inner.entries.len(), inner.by_use.len());
+    }
+}

@@ -1,0 +1,162 @@
+//! The store contract every backend implements.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::types::{
+    AppendOptions, AppendOutcome, Checkpoint, Committed, EventFilter, ExpectedVersion, NewEvent,
+    ParkedEvent, Position, RecordedEvent, Snapshot, StreamId, Version,
+};
+
+/// A slice of the global log, as returned by [`EventStore::read_all`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogSlice {
+    /// The events that passed the filter, in log order.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next read starts: the position of the last event the store
+    /// examined, whether or not it passed the filter (the `after` of the read
+    /// when the store examined none). Readers keep this, not the position of
+    /// the last returned event, so that a filter over rare types does not
+    /// scan the same events again.
+    pub next: Position,
+}
+
+/// The event log: append to streams, read streams and the global log, wait
+/// for new events.
+///
+/// Implemented by each backend (in-memory, SQLite, PostgreSQL); called by the
+/// [`Repository`](crate::Repository), the projection runner and relays.
+/// Every backend passes the conformance suite of the `testkit` feature.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends events to a stream atomically: all of them or none.
+    ///
+    /// Fails with [`Error::Conflict`](crate::Error::Conflict) when the
+    /// stream's version does not match `expected`. With an idempotency key
+    /// that was used before, writes nothing and returns
+    /// [`AppendOutcome::Duplicate`] with what the first append wrote, or
+    /// [`Error::IdempotencyKeyReused`](crate::Error::IdempotencyKeyReused)
+    /// when that was another stream. An empty `events` is refused with
+    /// [`Error::EmptyAppend`](crate::Error::EmptyAppend).
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendOutcome>;
+
+    /// Reads at most `limit` events of a stream, in version order, starting
+    /// at version `from` (inclusive). An unknown stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// The version of a stream's last event ([`Version::INITIAL`] for a
+    /// stream without events).
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version>;
+
+    /// Reads at most `limit` events of the global log after the event at
+    /// `after`, in log order, keeping those that pass `filter`.
+    ///
+    /// Log order never skips an event: an event that becomes visible later
+    /// always comes after every event already returned. Within one stream,
+    /// log order is version order.
+    async fn read_all(&self, after: Position, filter: &EventFilter, limit: usize)
+        -> Result<LogSlice>;
+
+    /// The position of the last event of the log ([`Position::START`] when empty).
+    async fn head(&self) -> Result<Position>;
+
+    /// Waits until the log may hold events after `after`, or until `timeout`.
+    /// Returns whether new events may be there. Never a busy loop.
+    async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<bool>;
+
+    /// What the append with this idempotency key wrote, if there was one.
+    async fn find_idempotency_key(&self, key: &str) -> Result<Option<Committed>>;
+}
+
+/// Saved aggregate states.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
+    /// Saves a snapshot, replacing any older one of the stream.
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()>;
+
+    /// The latest snapshot of a stream.
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>>;
+}
+
+/// Projection checkpoints and parked events.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync {
+    /// A projection's checkpoint, if it has one.
+    async fn load_checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>>;
+
+    /// Saves a projection's checkpoint.
+    async fn save_checkpoint(&self, projection: &str, checkpoint: Checkpoint) -> Result<()>;
+
+    /// Parks an event a projection could not handle. Parking the same
+    /// (projection, position) again replaces the earlier entry.
+    async fn park(&self, parked: ParkedEvent) -> Result<()>;
+
+    /// A projection's parked events, by position.
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>>;
+
+    /// Removes a parked event; returns whether it was there.
+    async fn unpark(&self, projection: &str, position: Position) -> Result<bool>;
+}
+
+/// Opens and commits the context a projection handler works in.
+///
+/// The projection runner calls `begin` before a batch, hands the context to
+/// the handler for every event, then calls `commit` with the new checkpoint.
+/// A store whose read models live in its own database provides its
+/// transaction type here, so that the read model and the checkpoint commit
+/// together. Every [`CheckpointStore`] provides `()`, the context of read
+/// models that live elsewhere (in memory, say); the checkpoint is then saved
+/// after the batch.
+#[async_trait]
+pub trait ContextProvider<C: Send>: Send + Sync {
+    /// Opens a context (a transaction).
+    async fn begin(&self) -> Result<C>;
+
+    /// Saves `checkpoint` (when given) for `projection` inside the context
+    /// and commits it.
+    async fn commit(
+        &self,
+        context: C,
+        projection: &str,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<()>;
+
+    /// Whether dropping an uncommitted context undoes the handler's writes.
+    fn is_transactional(&self) -> bool;
+}
+
+#[async_trait]
+impl<S: CheckpointStore + ?Sized> ContextProvider<()> for S {
+    async fn begin(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn commit(
+        &self,
+        _context: (),
+        projection: &str,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<()> {
+        match checkpoint {
+            Some(checkpoint) => self.save_checkpoint(projection, checkpoint).await,
+            None => Ok(()),
+        }
+    }
+
+    fn is_transactional(&self) -> bool {
+        false
+    }
+}
