@@ -74,7 +74,9 @@ impl SnapshotPolicy {
 ///     fn snapshot_policy() -> SnapshotPolicy { SnapshotPolicy::Every(100) }
 /// }
 /// ```
-pub trait Aggregate: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Aggregate:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// The aggregate's name: the prefix of its stream ids.
     const NAME: &'static str;
 

@@ -18,7 +18,9 @@ pub enum Error {
     /// first. Reload the aggregate and decide again; the
     /// [`Repository`](crate::Repository) does so by itself a bounded number of
     /// times before it returns this error.
-    #[error("concurrency conflict on stream `{stream_id}`: expected {expected}, found version {actual}")]
+    #[error(
+        "concurrency conflict on stream `{stream_id}`: expected {expected}, found version {actual}"
+    )]
     Conflict {
         /// The stream.
         stream_id: StreamId,
@@ -224,7 +226,14 @@ mod tests {
             kind: DecodeErrorKind::UnknownType,
         };
         let text = err.to_string();
-        for part in ["OrderPlaced", "v1", "42", "order-1", "v3", "unknown event type"] {
+        for part in [
+            "OrderPlaced",
+            "v1",
+            "42",
+            "order-1",
+            "v3",
+            "unknown event type",
+        ] {
             assert!(text.contains(part), "{text} lacks {part}");
         }
     }
@@ -237,7 +246,9 @@ mod tests {
             actual: Version(2),
         };
         assert!(err.is_conflict());
-        assert!(err.to_string().contains("expected version 1, found version 2"));
+        assert!(err
+            .to_string()
+            .contains("expected version 1, found version 2"));
         assert!(!Error::Schema("x".into()).is_conflict());
     }
 }

@@ -331,8 +331,8 @@ impl EventSchema {
         let (name, payload) = self
             .upcast(&raw.event_type, raw.schema_version, &raw.payload)
             .map_err(locate)?;
-        let event = E::from_payload(name, &payload)
-            .map_err(|e| locate(DecodeErrorKind::Payload(e)))?;
+        let event =
+            E::from_payload(name, &payload).map_err(|e| locate(DecodeErrorKind::Payload(e)))?;
         Ok(Envelope {
             position: raw.position,
             stream_id: raw.stream_id.clone(),
@@ -535,10 +535,8 @@ impl SchemaBuilder {
             new_of_old[old] = new;
         }
         let mut sorted: Vec<Option<EventTypeInfo>> = types.into_iter().map(Some).collect();
-        let types: Vec<EventTypeInfo> = order
-            .iter()
-            .filter_map(|&old| sorted[old].take())
-            .collect();
+        let types: Vec<EventTypeInfo> =
+            order.iter().filter_map(|&old| sorted[old].take()).collect();
         let index = index
             .into_iter()
             .map(|(name, old)| (name, new_of_old[old]))

@@ -67,8 +67,11 @@ pub trait Projection: Send + Sync + 'static {
     fn event_types() -> Option<Vec<String>>;
 
     /// Handles one event.
-    async fn handle(&self, context: &mut Self::Context, event: &RecordedEvent)
-        -> Result<(), BoxError>;
+    async fn handle(
+        &self,
+        context: &mut Self::Context,
+        event: &RecordedEvent,
+    ) -> Result<(), BoxError>;
 
     /// Clears the read model before a rebuild.
     async fn reset(&self, context: &mut Self::Context) -> Result<(), BoxError>;
@@ -454,7 +457,9 @@ where
                 }
             }
         }
-        store.commit(context, P::NAME, Some(self.checkpoint(next))).await?;
+        store
+            .commit(context, P::NAME, Some(self.checkpoint(next)))
+            .await?;
         Ok(Step::Progress(next))
     }
 

@@ -13,8 +13,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::{EventStore, SnapshotStore};
 use crate::types::{
-    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, Snapshot, StreamId,
-    Version,
+    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, Snapshot, StreamId, Version,
 };
 
 /// How many events a load reads per round trip.
@@ -587,7 +586,10 @@ mod tests {
         cache.put(loaded("b", 1));
         assert!(cache.get(&"a".into()).is_some());
         cache.put(loaded("c", 1));
-        assert!(cache.get(&"b".into()).is_none(), "b was least recently used");
+        assert!(
+            cache.get(&"b".into()).is_none(),
+            "b was least recently used"
+        );
         assert!(cache.get(&"a".into()).is_some());
         assert!(cache.get(&"c".into()).is_some());
         cache.put(loaded("a", 2));

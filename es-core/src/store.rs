@@ -67,8 +67,12 @@ pub trait EventStore: Send + Sync {
     /// Log order never skips an event: an event that becomes visible later
     /// always comes after every event already returned. Within one stream,
     /// log order is version order.
-    async fn read_all(&self, after: Position, filter: &EventFilter, limit: usize)
-        -> Result<LogSlice>;
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<LogSlice>;
 
     /// The position of the last event of the log ([`Position::START`] when empty).
     async fn head(&self) -> Result<Position>;
