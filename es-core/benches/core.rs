@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use es_core::{
     AppendOptions, Event, EventId, EventStore, ExpectedVersion, InMemoryStore, Metadata, NewEvent,
     Position, RecordedEvent, Repository, SnapshotStore, StreamId, Version,
@@ -304,9 +304,10 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(3))
 }
 
-criterion_group! {
-    name = benches;
-    config = config();
-    targets = execute, rehydrate, upcast
+fn main() {
+    let mut c = config().configure_from_args();
+    execute(&mut c);
+    rehydrate(&mut c);
+    upcast(&mut c);
+    c.final_summary();
 }
-criterion_main!(benches);

@@ -5,56 +5,20 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use es_core::{
-    Aggregate, BoxError, Event, EventSchema, ExecuteOptions, InMemoryStore, Metadata, Projection,
-    ProjectionRunner, RecordedEvent, Repository,
+    Aggregate, BoxError, Envelope, Event, ExecuteOptions, Handles, InMemoryStore, Metadata,
+    Projection, ProjectionRunner, Repository, ResetProjection,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// What happens to a cart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", content = "data")]
+#[derive(Event, Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum CartEvent {
     ItemAdded { sku: String, quantity: u32 },
     CheckedOut,
-}
-
-impl Event for CartEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            CartEvent::ItemAdded { .. } => "ItemAdded",
-            CartEvent::CheckedOut => "CheckedOut",
-        }
-    }
-
-    fn to_payload(&self) -> serde_json::Result<Value> {
-        // Adjacently tagged: the payload is the `data` part.
-        let mut tagged = serde_json::to_value(self)?;
-        Ok(tagged
-            .get_mut("data")
-            .map(Value::take)
-            .unwrap_or(Value::Null))
-    }
-
-    fn from_payload(event_type: &str, payload: &Value) -> serde_json::Result<Self> {
-        serde_json::from_value(serde_json::json!({ "type": event_type, "data": payload }))
-    }
-
-    fn schema() -> &'static EventSchema {
-        static SCHEMA: OnceLock<EventSchema> = OnceLock::new();
-        SCHEMA.get_or_init(|| {
-            EventSchema::builder("CartEvent")
-                .event("ItemAdded", 1)
-                .field("sku", "String")
-                .field("quantity", "u32")
-                .event("CheckedOut", 1)
-                .build()
-        })
-    }
 }
 
 /// What a customer asks of a cart.
@@ -76,18 +40,14 @@ enum CartError {
 }
 
 /// The cart's state: only what its decisions need.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Aggregate, Debug, Default, Clone, Serialize, Deserialize)]
+#[aggregate(name = "cart", event = CartEvent, command = CartCommand, error = CartError)]
 struct Cart {
     items: u32,
     checked_out: bool,
 }
 
-impl Aggregate for Cart {
-    const NAME: &'static str = "cart";
-    type Event = CartEvent;
-    type Command = CartCommand;
-    type Error = CartError;
-
+impl Cart {
     fn handle(&self, command: CartCommand) -> Result<Vec<CartEvent>, CartError> {
         if self.checked_out {
             return Err(CartError::CheckedOut);
@@ -109,27 +69,24 @@ impl Aggregate for Cart {
 }
 
 /// A read model: how many of each SKU were added over all carts.
-#[derive(Default)]
+#[derive(Projection, Default)]
+#[projection(name = "sku_totals", events(CartEvent))]
 struct SkuTotals(Mutex<BTreeMap<String, u32>>);
 
 #[async_trait]
-impl Projection for SkuTotals {
-    type Context = ();
-    const NAME: &'static str = "sku_totals";
-
-    fn event_types() -> Option<Vec<String>> {
-        Some(vec!["ItemAdded".into()])
-    }
-
-    async fn handle(&self, _: &mut (), event: &RecordedEvent) -> Result<(), BoxError> {
-        if let CartEvent::ItemAdded { sku, quantity } = CartEvent::decode(event)?.event {
+impl Handles<CartEvent> for SkuTotals {
+    async fn handle_event(&self, (): &mut (), event: Envelope<CartEvent>) -> Result<(), BoxError> {
+        if let CartEvent::ItemAdded { sku, quantity } = event.event {
             let mut totals = self.0.lock().map_err(|e| e.to_string())?;
             *totals.entry(sku).or_default() += quantity;
         }
         Ok(())
     }
+}
 
-    async fn reset(&self, _: &mut ()) -> Result<(), BoxError> {
+#[async_trait]
+impl ResetProjection for SkuTotals {
+    async fn reset_read_model(&self, (): &mut ()) -> Result<(), BoxError> {
         self.0.lock().map_err(|e| e.to_string())?.clear();
         Ok(())
     }

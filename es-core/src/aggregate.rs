@@ -30,50 +30,56 @@ impl SnapshotPolicy {
 /// A consistency boundary: a state that decides which events a command
 /// produces and evolves by applying events.
 ///
-/// Implemented by `#[derive(Aggregate)]`, or by hand. `handle` and `apply`
-/// are plain functions: no I/O, no clock, no randomness, no async. The
-/// [`Repository`](crate::Repository) loads the state, calls `handle`, appends
-/// the events and applies them.
+/// Write the state as a struct and its logic as two plain functions in an
+/// inherent `impl`: `handle` decides, `apply` evolves. No I/O, no clock, no
+/// randomness, no async. `#[derive(Aggregate)]` wires them into this trait,
+/// whose [`decide`](Aggregate::decide) and [`evolve`](Aggregate::evolve) the
+/// [`Repository`](crate::Repository) calls: it loads the state, decides,
+/// appends the events and applies them.
 ///
 /// ```
-/// use es_core::{Aggregate, SnapshotPolicy};
-/// # use es_core::{Event, EventSchema};
-/// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-/// # pub enum CounterEvent { Added(u64) }
-/// # impl Event for CounterEvent {
-/// #     fn event_type(&self) -> &'static str { "Added" }
-/// #     fn to_payload(&self) -> serde_json::Result<serde_json::Value> { let Self::Added(n) = self; Ok((*n).into()) }
-/// #     fn from_payload(_: &str, p: &serde_json::Value) -> serde_json::Result<Self> { Ok(Self::Added(u64::deserialize(p)?)) }
-/// #     fn schema() -> &'static EventSchema {
-/// #         static S: std::sync::OnceLock<EventSchema> = std::sync::OnceLock::new();
-/// #         S.get_or_init(|| EventSchema::builder("CounterEvent").event("Added", 1).build())
-/// #     }
-/// # }
+/// use es_core::{Aggregate, Event};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// pub enum CounterEvent { Added { amount: u64 } }
 ///
 /// #[derive(Debug, thiserror::Error)]
 /// #[error("the counter would pass its limit")]
 /// pub struct LimitReached;
 ///
-/// #[derive(Default, Clone, Serialize, Deserialize)]
+/// #[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
+/// #[aggregate(name = "counter", event = CounterEvent, command = u64, error = LimitReached,
+///             snapshot(every = 100, version = 1))]
 /// pub struct Counter { total: u64 }
 ///
-/// impl Aggregate for Counter {
-///     const NAME: &'static str = "counter";
-///     type Event = CounterEvent;
-///     type Command = u64;
-///     type Error = LimitReached;
-///
+/// impl Counter {
 ///     fn handle(&self, add: u64) -> Result<Vec<CounterEvent>, LimitReached> {
 ///         if self.total + add > 10 { return Err(LimitReached); }
-///         Ok(vec![CounterEvent::Added(add)])
+///         Ok(vec![CounterEvent::Added { amount: add }])
 ///     }
 ///     fn apply(&mut self, event: &CounterEvent) {
-///         match event { CounterEvent::Added(n) => self.total += n }
+///         match event { CounterEvent::Added { amount } => self.total += amount }
 ///     }
-///     fn snapshot_policy() -> SnapshotPolicy { SnapshotPolicy::Every(100) }
 /// }
+///
+/// assert_eq!(Counter::NAME, "counter");
+/// assert!(Counter::default().decide(11).is_err());
 /// ```
+///
+/// # Attributes of `#[aggregate(…)]`
+///
+/// | key | meaning |
+/// | --- | --- |
+/// | `name = "order"` | the aggregate's name, the prefix of its stream ids (required) |
+/// | `event = OrderEvent` | its event family (required) |
+/// | `command = OrderCommand` | its command type (required) |
+/// | `error = OrderError` | the error `handle` refuses with (required) |
+/// | `snapshot(every = N, version = M)` | snapshot every N events; `M` is the state version (default 1) |
+/// | `crate = "path"` | where `es_core` is, for a renamed dependency |
+///
+/// A missing `handle` or `apply`, or one with another signature, is a
+/// compile error naming the function and the signature to write.
 pub trait Aggregate:
     Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
 {
@@ -91,11 +97,11 @@ pub trait Aggregate:
     /// The error by which `handle` refuses a command.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Decides which events a command produces. Pure.
-    fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+    /// Decides which events a command produces: the aggregate's `handle`. Pure.
+    fn decide(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
 
-    /// Evolves the state by one event. Pure and infallible.
-    fn apply(&mut self, event: &Self::Event);
+    /// Evolves the state by one event: the aggregate's `apply`. Pure and infallible.
+    fn evolve(&mut self, event: &Self::Event);
 
     /// When to save snapshots; never by default.
     fn snapshot_policy() -> SnapshotPolicy {

@@ -7,7 +7,8 @@
 //! - the vocabulary: [`StreamId`], [`Version`], [`Position`], [`EventId`],
 //!   [`Metadata`], [`ExpectedVersion`], [`RecordedEvent`], [`Envelope`];
 //! - the domain traits: [`Event`] (with its [`EventSchema`]: types, aliases,
-//!   upcasters, catalog) and [`Aggregate`] (pure `handle` and `apply`);
+//!   upcasters, catalog) and [`Aggregate`] (pure `handle` and `apply`), with
+//!   their derive macros;
 //! - the store traits: [`EventStore`], [`SnapshotStore`], [`CheckpointStore`],
 //!   [`ContextProvider`], and the [`InMemoryStore`] that implements them all;
 //! - the [`Repository`] that loads aggregates and executes commands with
@@ -20,53 +21,27 @@
 //! # Example
 //!
 //! ```
-//! use std::sync::OnceLock;
-//! use es_core::{Aggregate, Event, EventSchema, InMemoryStore, Repository};
+//! use es_core::{Aggregate, Event, InMemoryStore, Repository};
 //! use serde::{Deserialize, Serialize};
-//! use serde_json::Value;
 //!
-//! #[derive(Debug, Clone, PartialEq)]
-//! enum AccountEvent { Deposited { amount: u64 }, Withdrawn { amount: u64 } }
-//!
-//! impl Event for AccountEvent {
-//!     fn event_type(&self) -> &'static str {
-//!         match self { Self::Deposited { .. } => "Deposited", Self::Withdrawn { .. } => "Withdrawn" }
-//!     }
-//!     fn to_payload(&self) -> serde_json::Result<Value> {
-//!         let (Self::Deposited { amount } | Self::Withdrawn { amount }) = self;
-//!         Ok(serde_json::json!({ "amount": amount }))
-//!     }
-//!     fn from_payload(event_type: &str, payload: &Value) -> serde_json::Result<Self> {
-//!         #[derive(Deserialize)]
-//!         struct Amount { amount: u64 }
-//!         let Amount { amount } = Amount::deserialize(payload)?;
-//!         Ok(if event_type == "Deposited" { Self::Deposited { amount } } else { Self::Withdrawn { amount } })
-//!     }
-//!     fn schema() -> &'static EventSchema {
-//!         static SCHEMA: OnceLock<EventSchema> = OnceLock::new();
-//!         SCHEMA.get_or_init(|| EventSchema::builder("AccountEvent")
-//!             .event("Deposited", 1).field("amount", "u64")
-//!             .event("Withdrawn", 1).field("amount", "u64")
-//!             .build())
-//!     }
+//! #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
+//! pub enum AccountEvent {
+//!     Deposited { amount: u64 },
+//!     Withdrawn { amount: u64 },
 //! }
 //!
 //! #[derive(Debug, Clone)]
-//! enum Command { Deposit(u64), Withdraw(u64) }
+//! pub enum Command { Deposit(u64), Withdraw(u64) }
 //!
 //! #[derive(Debug, thiserror::Error)]
 //! #[error("insufficient funds")]
-//! struct InsufficientFunds;
+//! pub struct InsufficientFunds;
 //!
-//! #[derive(Default, Clone, Serialize, Deserialize)]
-//! struct Account { balance: u64 }
+//! #[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
+//! #[aggregate(name = "account", event = AccountEvent, command = Command, error = InsufficientFunds)]
+//! pub struct Account { balance: u64 }
 //!
-//! impl Aggregate for Account {
-//!     const NAME: &'static str = "account";
-//!     type Event = AccountEvent;
-//!     type Command = Command;
-//!     type Error = InsufficientFunds;
-//!
+//! impl Account {   // pure: no I/O, no clock, no async
 //!     fn handle(&self, command: Command) -> Result<Vec<AccountEvent>, InsufficientFunds> {
 //!         match command {
 //!             Command::Deposit(amount) => Ok(vec![AccountEvent::Deposited { amount }]),
@@ -84,7 +59,7 @@
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let accounts = Repository::<Account, _>::new(InMemoryStore::new());
-//! accounts.execute("alice", Command::Deposit(100)).await?;
+//! accounts.execute("alice", Command::Deposit(100)).await?;   // load, decide, append
 //! accounts.execute("alice", Command::Withdraw(30)).await?;
 //! assert!(accounts.execute("alice", Command::Withdraw(500)).await.is_err());
 //! assert_eq!(accounts.load("alice").await?.state.balance, 70);
@@ -96,8 +71,15 @@
 //!
 //! | feature | what it adds |
 //! | --- | --- |
+//! | `derive` (default) | `#[derive(Event)]`, `#[derive(Aggregate)]`, `#[derive(Projection)]` |
 //! | `testkit` | `testkit`: the store conformance suite and `AggregateTest` |
 
+#[cfg(feature = "derive")]
+pub use es_macros::{Aggregate, Event, Projection};
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 mod aggregate;
 mod error;
 mod event;
@@ -115,7 +97,8 @@ pub use crate::error::{BoxError, DecodeError, DecodeErrorKind, Error, Result, Up
 pub use crate::event::{Catalog, Event, EventSchema, EventTypeInfo, FieldInfo, SchemaBuilder};
 pub use crate::memory::InMemoryStore;
 pub use crate::projection::{
-    FailurePolicy, Projection, ProjectionRunner, ProjectionStatus, RetryReport, RunningProjection,
+    FailurePolicy, Handles, Projection, ProjectionRunner, ProjectionStatus, ResetProjection,
+    RetryReport, RunningProjection,
 };
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::store::{CheckpointStore, ContextProvider, EventStore, LogSlice, SnapshotStore};
@@ -124,3 +107,8 @@ pub use crate::types::{
     ExpectedVersion, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, Snapshot, StreamId,
     Version,
 };
+
+/// The README's example, compiled and run as a doc test.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

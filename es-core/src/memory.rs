@@ -132,12 +132,16 @@ impl EventStore for InMemoryStore {
                 actual,
             });
         }
-        let now = Utc::now();
+        // Read the clock only when an event comes without `recorded_at` (the
+        // repository always sets it); all such events share one reading.
+        let mut now = None;
         let first_index = state.log.len();
         let count = events.len();
         for (i, new) in events.into_iter().enumerate() {
             let mut metadata = new.metadata;
-            let recorded_at = *metadata.recorded_at.get_or_insert(now);
+            let recorded_at = *metadata
+                .recorded_at
+                .get_or_insert_with(|| *now.get_or_insert_with(Utc::now));
             state.log.push(RecordedEvent {
                 position: Position((first_index + i + 1) as u64),
                 stream_id: stream_id.clone(),
@@ -150,11 +154,15 @@ impl EventStore for InMemoryStore {
                 recorded_at,
             });
         }
-        state
-            .streams
-            .entry(stream_id.clone())
-            .or_default()
-            .extend(first_index..first_index + count);
+        // Look the stream up without cloning its id: only a new stream needs
+        // an owned key.
+        let appended = first_index..first_index + count;
+        match state.streams.get_mut(stream_id) {
+            Some(indexes) => indexes.extend(appended),
+            None => {
+                state.streams.insert(stream_id.clone(), appended.collect());
+            }
+        }
         let committed = Committed {
             stream_id: stream_id.clone(),
             first_version: actual.next(),
@@ -167,7 +175,15 @@ impl EventStore for InMemoryStore {
         }
         let head = committed.last_position;
         drop(state);
-        self.shared.head.send_replace(head);
+        // Appends publish their heads outside the lock, possibly out of
+        // order: never let an older head replace a newer one.
+        self.shared.head.send_if_modified(|current| {
+            let newer = head > *current;
+            if newer {
+                *current = head;
+            }
+            newer
+        });
         Ok(AppendOutcome::Appended(committed))
     }
 

@@ -10,8 +10,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::error::{BoxError, Error, Result};
+use crate::event::Event;
 use crate::store::{CheckpointStore, ContextProvider, EventStore};
-use crate::types::{Checkpoint, EventFilter, ParkedEvent, Position, RecordedEvent};
+use crate::types::{Checkpoint, Envelope, EventFilter, ParkedEvent, Position, RecordedEvent};
 
 /// A read model fed by events of the global log.
 ///
@@ -75,6 +76,65 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Clears the read model before a rebuild.
     async fn reset(&self, context: &mut Self::Context) -> Result<(), BoxError>;
+}
+
+/// A projection's handler of one event family, called by the dispatch that
+/// `#[derive(Projection)]` writes for each family in its `events(…)`.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use es_core::{BoxError, Envelope, Handles, Projection, ResetProjection};
+/// # use es_core::Event;
+/// # #[derive(Event, serde::Serialize, serde::Deserialize, Debug)]
+/// # enum OrderEvent { Placed { total: u64 } }
+///
+/// #[derive(Projection, Default)]
+/// #[projection(name = "revenue", events(OrderEvent))]
+/// struct Revenue(AtomicU64);
+///
+/// #[async_trait::async_trait]
+/// impl Handles<OrderEvent> for Revenue {
+///     async fn handle_event(&self, _: &mut (), event: Envelope<OrderEvent>) -> Result<(), BoxError> {
+///         let OrderEvent::Placed { total } = event.event;
+///         self.0.fetch_add(total, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl ResetProjection for Revenue {
+///     async fn reset_read_model(&self, _: &mut ()) -> Result<(), BoxError> {
+///         self.0.store(0, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+/// assert_eq!(Revenue::event_types(), Some(vec!["Placed".to_string()]));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not handle `{E}` events",
+    label = "listed in `events(…)`, so `{Self}` must implement `Handles<{E}>`",
+    note = "add: `#[async_trait] impl Handles<{E}> for {Self} {{ async fn handle_event(&self, context: &mut Self::Context, event: Envelope<{E}>) -> Result<(), BoxError> {{ … }} }}`"
+)]
+#[async_trait]
+pub trait Handles<E: Event>: Projection {
+    /// Handles one decoded event of the family.
+    async fn handle_event(
+        &self,
+        context: &mut Self::Context,
+        event: Envelope<E>,
+    ) -> Result<(), BoxError>;
+}
+
+/// How a derived projection clears its read model before a rebuild.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not say how to clear its read model",
+    label = "derive(Projection) needs `{Self}: ResetProjection` for rebuilds",
+    note = "add: `#[async_trait] impl ResetProjection for {Self} {{ async fn reset_read_model(&self, context: &mut Self::Context) -> Result<(), BoxError> {{ … }} }}`"
+)]
+#[async_trait]
+pub trait ResetProjection: Projection {
+    /// Clears the read model (in `context`, where it is a transaction).
+    async fn reset_read_model(&self, context: &mut Self::Context) -> Result<(), BoxError>;
 }
 
 /// What the runner does when a handler fails.

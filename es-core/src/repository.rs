@@ -9,11 +9,12 @@ use chrono::Utc;
 use tracing::{field, Instrument};
 
 use crate::aggregate::{Aggregate, SnapshotPolicy};
-use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::error::{DecodeError, Error, Result};
+use crate::event::{Event, EventSchema};
 use crate::store::{EventStore, SnapshotStore};
 use crate::types::{
-    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, Snapshot, StreamId, Version,
+    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, RecordedEvent, Snapshot,
+    StreamId, Version,
 };
 
 /// How many events a load reads per round trip.
@@ -113,27 +114,18 @@ pub struct Executed<E> {
 /// counted and never fails the command.
 ///
 /// ```
-/// # use es_core::{Aggregate, Event, EventSchema};
+/// # use es_core::{Aggregate, Event};
 /// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-/// # pub enum CounterEvent { Added(u64) }
-/// # impl Event for CounterEvent {
-/// #     fn event_type(&self) -> &'static str { "Added" }
-/// #     fn to_payload(&self) -> serde_json::Result<serde_json::Value> { let Self::Added(n) = self; Ok((*n).into()) }
-/// #     fn from_payload(_: &str, p: &serde_json::Value) -> serde_json::Result<Self> { Ok(Self::Added(u64::deserialize(p)?)) }
-/// #     fn schema() -> &'static EventSchema {
-/// #         static S: std::sync::OnceLock<EventSchema> = std::sync::OnceLock::new();
-/// #         S.get_or_init(|| EventSchema::builder("CounterEvent").event("Added", 1).build())
-/// #     }
-/// # }
-/// # #[derive(Debug, thiserror::Error)] #[error("limit")] pub struct LimitReached;
-/// # #[derive(Default, Clone, Serialize, Deserialize)] pub struct Counter { total: u64 }
-/// # impl Aggregate for Counter {
-/// #     const NAME: &'static str = "counter";
-/// #     type Event = CounterEvent; type Command = u64; type Error = LimitReached;
+/// # #[derive(Event, Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # pub enum CounterEvent { Added { amount: u64 } }
+/// # #[derive(Debug, PartialEq, thiserror::Error)] #[error("limit")] pub struct LimitReached;
+/// # #[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
+/// # #[aggregate(name = "counter", event = CounterEvent, command = u64, error = LimitReached)]
+/// # pub struct Counter { total: u64 }
+/// # impl Counter {
 /// #     fn handle(&self, add: u64) -> Result<Vec<CounterEvent>, LimitReached> {
-/// #         if self.total + add > 10 { return Err(LimitReached); } Ok(vec![CounterEvent::Added(add)]) }
-/// #     fn apply(&mut self, CounterEvent::Added(n): &CounterEvent) { self.total += n }
+/// #         if self.total + add > 10 { return Err(LimitReached); } Ok(vec![CounterEvent::Added { amount: add }]) }
+/// #     fn apply(&mut self, CounterEvent::Added { amount }: &CounterEvent) { self.total += amount }
 /// # }
 /// use es_core::{InMemoryStore, Metadata, Repository, ExecuteError};
 ///
@@ -235,7 +227,11 @@ where
         );
         async {
             let start = match self.cache.as_ref().and_then(|c| c.get(&stream_id)) {
-                Some(cached) => cached,
+                Some((version, state)) => Loaded {
+                    stream_id: stream_id.clone(),
+                    version,
+                    state,
+                },
                 None => self.load_start(&stream_id).await?,
             };
             self.replay_tail(start).await
@@ -295,8 +291,8 @@ where
                 .read_stream(&loaded.stream_id, loaded.version.next(), PAGE)
                 .await?;
             for raw in &page {
-                let envelope = schema.decode::<A::Event>(raw)?;
-                loaded.state.apply(&envelope.event);
+                let event = decode_event::<A::Event>(schema, raw)?;
+                loaded.state.evolve(&event);
                 loaded.version = raw.version;
             }
             applied += page.len();
@@ -369,20 +365,16 @@ where
         };
         let mut attempt = 0;
         loop {
-            let loaded = match self.cache.as_ref().and_then(|c| c.get(&stream_id)) {
+            let (before, mut state) = match self.cache.as_ref().and_then(|c| c.get(&stream_id)) {
                 Some(cached) => cached,
                 None => {
                     let start = self.load_start(&stream_id).await?;
-                    self.replay_tail(start).await?
+                    let loaded = self.replay_tail(start).await?;
+                    (loaded.version, loaded.state)
                 }
             };
-            let Loaded {
-                version: before,
-                mut state,
-                ..
-            } = loaded;
             let events = state
-                .handle(command.clone())
+                .decide(command.clone())
                 .map_err(ExecuteError::Rejected)?;
             span.record("expected", before.0);
             if events.is_empty() {
@@ -412,7 +404,7 @@ where
             match outcome {
                 Ok(AppendOutcome::Appended(committed)) => {
                     for event in &events {
-                        state.apply(event);
+                        state.evolve(event);
                     }
                     let after = committed.last_version;
                     span.record("version", after.0);
@@ -422,11 +414,7 @@ where
                         self.snapshot(&stream_id, after, &state).await;
                     }
                     if let Some(cache) = &self.cache {
-                        cache.put(Loaded {
-                            stream_id: stream_id.clone(),
-                            version: after,
-                            state,
-                        });
+                        cache.put(&stream_id, after, state);
                     }
                     return Ok(Executed {
                         stream_id,
@@ -465,7 +453,7 @@ where
             .await?;
         let events = raw
             .iter()
-            .map(|r| schema.decode::<A::Event>(r).map(|e| e.event))
+            .map(|r| decode_event::<A::Event>(schema, r))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         tracing::debug!(stream_id = %first.stream_id, "idempotency key seen before; nothing appended");
         Ok(Executed {
@@ -502,7 +490,32 @@ where
     }
 }
 
+/// Decodes a stored event's payload into an event of the family, with the
+/// same result and errors as [`EventSchema::decode`] but without building the
+/// envelope: replaying only needs the event, and the envelope's copies of the
+/// stream id, type name and metadata cost allocations per event.
+fn decode_event<E: Event>(
+    schema: &EventSchema,
+    raw: &RecordedEvent,
+) -> std::result::Result<E, DecodeError> {
+    schema
+        .decode_payload::<E>(&raw.event_type, raw.schema_version, &raw.payload)
+        .map_err(|kind| DecodeError {
+            stream_id: raw.stream_id.clone(),
+            version: raw.version,
+            position: raw.position,
+            event_type: raw.event_type.clone(),
+            schema_version: raw.schema_version,
+            kind,
+        })
+}
+
 /// A bounded map of recently used aggregate states, least recently used out first.
+///
+/// A hit only stamps its entry with the time of use; the queue of uses is
+/// brought up to date lazily: when an eviction finds an entry that was used
+/// after it was queued, it queues it again at its last use. So a hit costs
+/// one map lookup and the state's clone, and evictions stay exact.
 struct StateCache<A> {
     capacity: usize,
     inner: Mutex<CacheInner<A>>,
@@ -510,8 +523,18 @@ struct StateCache<A> {
 
 struct CacheInner<A> {
     tick: u64,
-    entries: HashMap<StreamId, (Loaded<A>, u64)>,
+    entries: HashMap<StreamId, CacheEntry<A>>,
+    /// One item per entry, at the tick it was queued with (at most its last use).
     by_use: BTreeMap<u64, StreamId>,
+}
+
+struct CacheEntry<A> {
+    version: Version,
+    state: A,
+    /// The tick of its last use.
+    used: u64,
+    /// Its key in `by_use`.
+    queued: u64,
 }
 
 impl<A: Clone> StateCache<A> {
@@ -530,39 +553,60 @@ impl<A: Clone> StateCache<A> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get(&self, stream_id: &StreamId) -> Option<Loaded<A>> {
+    /// The cached version and state of a stream.
+    fn get(&self, stream_id: &StreamId) -> Option<(Version, A)> {
         let mut inner = self.lock();
         inner.tick += 1;
         let tick = inner.tick;
-        let (loaded, used) = inner.entries.get_mut(stream_id)?;
-        let old = std::mem::replace(used, tick);
-        let loaded = loaded.clone();
-        inner.by_use.remove(&old);
-        inner.by_use.insert(tick, stream_id.clone());
-        Some(loaded)
+        let entry = inner.entries.get_mut(stream_id)?;
+        entry.used = tick;
+        Some((entry.version, entry.state.clone()))
     }
 
-    fn put(&self, loaded: Loaded<A>) {
-        let mut inner = self.lock();
+    fn put(&self, stream_id: &StreamId, version: Version, state: A) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(entry) = inner.entries.get_mut(stream_id) {
+            // A slower command may finish after a later one: keep the newer state.
+            if entry.version > version {
+                return;
+            }
+            inner.tick += 1;
+            entry.version = version;
+            entry.state = state;
+            entry.used = inner.tick;
+            return;
+        }
         inner.tick += 1;
         let tick = inner.tick;
-        let key = loaded.stream_id.clone();
-        if let Some((_, old)) = inner.entries.insert(key.clone(), (loaded, tick)) {
-            inner.by_use.remove(&old);
-        }
-        inner.by_use.insert(tick, key);
+        let entry = CacheEntry {
+            version,
+            state,
+            used: tick,
+            queued: tick,
+        };
+        inner.entries.insert(stream_id.clone(), entry);
+        inner.by_use.insert(tick, stream_id.clone());
         while inner.entries.len() > self.capacity {
-            let Some((_, oldest)) = inner.by_use.pop_first() else {
+            let Some((queued, oldest)) = inner.by_use.pop_first() else {
                 break;
             };
-            inner.entries.remove(&oldest);
+            match inner.entries.get_mut(&oldest) {
+                Some(entry) if entry.used != queued => {
+                    entry.queued = entry.used;
+                    inner.by_use.insert(entry.used, oldest);
+                }
+                _ => {
+                    inner.entries.remove(&oldest);
+                }
+            }
         }
     }
 
     fn remove(&self, stream_id: &StreamId) {
         let mut inner = self.lock();
-        if let Some((_, used)) = inner.entries.remove(stream_id) {
-            inner.by_use.remove(&used);
+        if let Some(entry) = inner.entries.remove(stream_id) {
+            inner.by_use.remove(&entry.queued);
         }
     }
 }
@@ -571,32 +615,67 @@ impl<A: Clone> StateCache<A> {
 mod tests {
     use super::*;
 
-    fn loaded(id: &str, v: u64) -> Loaded<u32> {
-        Loaded {
-            stream_id: id.into(),
-            version: Version(v),
-            state: 0,
-        }
+    fn put(cache: &StateCache<u32>, id: &str, v: u64) {
+        cache.put(&id.into(), Version(v), 0);
     }
 
     #[test]
     fn cache_is_bounded_and_evicts_least_recently_used() {
         let cache = StateCache::new(2);
-        cache.put(loaded("a", 1));
-        cache.put(loaded("b", 1));
+        put(&cache, "a", 1);
+        put(&cache, "b", 1);
         assert!(cache.get(&"a".into()).is_some());
-        cache.put(loaded("c", 1));
+        put(&cache, "c", 1);
         assert!(
             cache.get(&"b".into()).is_none(),
             "b was least recently used"
         );
         assert!(cache.get(&"a".into()).is_some());
         assert!(cache.get(&"c".into()).is_some());
-        cache.put(loaded("a", 2));
-        assert_eq!(cache.get(&"a".into()).unwrap().version, Version(2));
+        put(&cache, "a", 2);
+        assert_eq!(cache.get(&"a".into()).unwrap().0, Version(2));
         cache.remove(&"a".into());
         assert!(cache.get(&"a".into()).is_none());
         let inner = cache.lock();
         assert_eq!(inner.entries.len(), inner.by_use.len());
+    }
+
+    #[test]
+    fn cache_evicts_like_a_plain_lru() {
+        let cache = StateCache::new(3);
+        // Least recently used first.
+        let mut model: Vec<String> = Vec::new();
+        let mut seed = 7u64;
+        for step in 0..5_000u64 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let id = format!("s{}", (seed >> 33) % 6);
+            let hit = if (seed >> 20) % 3 == 0 {
+                put(&cache, &id, step);
+                true
+            } else {
+                let hit = cache.get(&id.as_str().into()).is_some();
+                assert_eq!(hit, model.contains(&id), "step {step}: {id}");
+                hit
+            };
+            if hit {
+                model.retain(|m| *m != id);
+                model.push(id);
+                if model.len() > 3 {
+                    model.remove(0);
+                }
+            }
+        }
+        let inner = cache.lock();
+        assert_eq!(inner.entries.len(), inner.by_use.len());
+    }
+
+    #[test]
+    fn cache_keeps_the_newer_state() {
+        let cache = StateCache::new(2);
+        put(&cache, "a", 5);
+        cache.put(&"a".into(), Version(3), 3);
+        assert_eq!(cache.get(&"a".into()), Some((Version(5), 0)));
     }
 }

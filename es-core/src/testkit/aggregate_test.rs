@@ -16,35 +16,26 @@ use crate::types::Metadata;
 /// store.
 ///
 /// ```
-/// # use es_core::{Aggregate, Event, EventSchema};
+/// # use es_core::{Aggregate, Event};
 /// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-/// # pub enum CounterEvent { Added(u64) }
-/// # impl Event for CounterEvent {
-/// #     fn event_type(&self) -> &'static str { "Added" }
-/// #     fn to_payload(&self) -> serde_json::Result<serde_json::Value> { let Self::Added(n) = self; Ok((*n).into()) }
-/// #     fn from_payload(_: &str, p: &serde_json::Value) -> serde_json::Result<Self> { Ok(Self::Added(u64::deserialize(p)?)) }
-/// #     fn schema() -> &'static EventSchema {
-/// #         static S: std::sync::OnceLock<EventSchema> = std::sync::OnceLock::new();
-/// #         S.get_or_init(|| EventSchema::builder("CounterEvent").event("Added", 1).build())
-/// #     }
-/// # }
+/// # #[derive(Event, Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # pub enum CounterEvent { Added { amount: u64 } }
 /// # #[derive(Debug, PartialEq, thiserror::Error)] #[error("limit")] pub struct LimitReached;
-/// # #[derive(Default, Clone, Serialize, Deserialize)] pub struct Counter { total: u64 }
-/// # impl Aggregate for Counter {
-/// #     const NAME: &'static str = "counter";
-/// #     type Event = CounterEvent; type Command = u64; type Error = LimitReached;
+/// # #[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
+/// # #[aggregate(name = "counter", event = CounterEvent, command = u64, error = LimitReached)]
+/// # pub struct Counter { total: u64 }
+/// # impl Counter {
 /// #     fn handle(&self, add: u64) -> Result<Vec<CounterEvent>, LimitReached> {
-/// #         if self.total + add > 10 { return Err(LimitReached); } Ok(vec![CounterEvent::Added(add)]) }
-/// #     fn apply(&mut self, CounterEvent::Added(n): &CounterEvent) { self.total += n }
+/// #         if self.total + add > 10 { return Err(LimitReached); } Ok(vec![CounterEvent::Added { amount: add }]) }
+/// #     fn apply(&mut self, CounterEvent::Added { amount }: &CounterEvent) { self.total += amount }
 /// # }
 /// use es_core::testkit::AggregateTest;
 ///
-/// AggregateTest::<Counter>::given([CounterEvent::Added(4)])
+/// AggregateTest::<Counter>::given([CounterEvent::Added { amount: 4 }])
 ///     .when(5)
-///     .then([CounterEvent::Added(5)]);
+///     .then([CounterEvent::Added { amount: 5 }]);
 ///
-/// AggregateTest::<Counter>::given([CounterEvent::Added(8)])
+/// AggregateTest::<Counter>::given([CounterEvent::Added { amount: 8 }])
 ///     .when(5)
 ///     .then_error(LimitReached);
 /// ```
@@ -66,7 +57,7 @@ impl<A: Aggregate> AggregateTest<A> {
     pub fn given(events: impl IntoIterator<Item = A::Event>) -> Self {
         let mut state = A::default();
         for event in events {
-            state.apply(&event);
+            state.evolve(&event);
         }
         Self { state }
     }
@@ -83,7 +74,7 @@ impl<A: Aggregate> AggregateTest<A> {
 
     /// Hands a command to the aggregate.
     pub fn when(self, command: A::Command) -> AggregateOutcome<A> {
-        let result = self.state.handle(command);
+        let result = self.state.decide(command);
         AggregateOutcome {
             state: self.state,
             result,
@@ -117,13 +108,14 @@ where
         let mut state = self.state;
         for event in &events {
             assert_round_trip(event);
-            state.apply(event);
+            state.evolve(event);
         }
         state
     }
 
     /// Asserts that the command was refused with this error.
     #[track_caller]
+    #[allow(clippy::needless_pass_by_value)] // by value reads best in a test: `.then_error(NotPaid)`
     pub fn then_error(self, expected: A::Error)
     where
         A::Error: PartialEq,

@@ -1,18 +1,19 @@
 //! A small bank-account domain shared by the integration tests and benches,
-//! implemented by hand against the es-core traits.
+//! written with the derives.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::sync::OnceLock;
-
-use es_core::{Aggregate, Event, EventSchema, SnapshotPolicy, UpcastError};
+use es_core::{Aggregate, Event, UpcastError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The events of an account. `Deposited` is at schema version 2: version 1
 /// stored the amount as `cents`; `Opened` was once stored as `AccountCreated`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Event, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[event(family = "AccountEvent")]
 pub enum AccountEvent {
+    #[event(rename = "AccountOpened", alias = "AccountCreated")]
     Opened(Opened),
+    #[event(version = 2, upcast_from = DepositedV1)]
     Deposited(Deposited),
     Withdrawn(Withdrawn),
 }
@@ -51,55 +52,9 @@ impl From<DepositedV1> for AccountEvent {
     }
 }
 
-impl Event for AccountEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            AccountEvent::Opened(_) => "AccountOpened",
-            AccountEvent::Deposited(_) => "Deposited",
-            AccountEvent::Withdrawn(_) => "Withdrawn",
-        }
-    }
-
-    fn to_payload(&self) -> serde_json::Result<Value> {
-        match self {
-            AccountEvent::Opened(e) => serde_json::to_value(e),
-            AccountEvent::Deposited(e) => serde_json::to_value(e),
-            AccountEvent::Withdrawn(e) => serde_json::to_value(e),
-        }
-    }
-
-    fn from_payload(event_type: &str, payload: &Value) -> serde_json::Result<Self> {
-        Ok(match event_type {
-            "AccountOpened" => AccountEvent::Opened(Deserialize::deserialize(payload)?),
-            "Deposited" => AccountEvent::Deposited(Deserialize::deserialize(payload)?),
-            "Withdrawn" => AccountEvent::Withdrawn(Deserialize::deserialize(payload)?),
-            other => {
-                return Err(serde::de::Error::custom(format_args!(
-                    "unknown event type {other}"
-                )))
-            }
-        })
-    }
-
-    fn schema() -> &'static EventSchema {
-        static SCHEMA: OnceLock<EventSchema> = OnceLock::new();
-        SCHEMA.get_or_init(|| {
-            EventSchema::builder("AccountEvent")
-                .event("AccountOpened", 1)
-                .alias("AccountCreated")
-                .field("owner", "String")
-                .event("Deposited", 2)
-                .field("amount", "u64")
-                .field("memo", "String")
-                .upcast_to_event::<DepositedV1, AccountEvent>(1)
-                .event("Withdrawn", 1)
-                .field("amount", "u64")
-                .build()
-        })
-    }
-}
-
 /// A JSON-function upcaster that refuses payloads without `cents`.
+// Upcasters receive the payload by value (`Fn(Value) -> …`).
+#[allow(clippy::needless_pass_by_value)]
 pub fn strict_cents(value: Value) -> Result<Value, UpcastError> {
     let cents = value
         .get("cents")
@@ -127,20 +82,16 @@ pub enum AccountError {
     InsufficientFunds { balance: u64, asked: u64 },
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Aggregate, Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[aggregate(name = "account", event = AccountEvent, command = AccountCommand, error = AccountError)]
 pub struct Account {
     pub owner: Option<String>,
     pub balance: u64,
     pub transactions: u64,
 }
 
-impl Aggregate for Account {
-    const NAME: &'static str = "account";
-    type Event = AccountEvent;
-    type Command = AccountCommand;
-    type Error = AccountError;
-
-    fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+impl Account {
+    pub fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match command {
             AccountCommand::Open { owner } => {
                 if self.owner.is_some() {
@@ -168,7 +119,7 @@ impl Aggregate for Account {
         }
     }
 
-    fn apply(&mut self, event: &AccountEvent) {
+    pub fn apply(&mut self, event: &AccountEvent) {
         self.transactions += 1;
         match event {
             AccountEvent::Opened(e) => self.owner = Some(e.owner.clone()),
@@ -176,9 +127,7 @@ impl Aggregate for Account {
             AccountEvent::Withdrawn(e) => self.balance -= e.amount,
         }
     }
-}
 
-impl Account {
     fn check_open(&self, amount: u64) -> Result<(), AccountError> {
         if self.owner.is_none() {
             return Err(AccountError::NotOpen);
@@ -191,25 +140,17 @@ impl Account {
 }
 
 /// The same account, snapshotted every 10 events.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Aggregate, Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[aggregate(name = "account", event = AccountEvent, command = AccountCommand, error = AccountError,
+            snapshot(every = 10, version = 2))]
 pub struct SnapshottedAccount(pub Account);
 
-impl Aggregate for SnapshottedAccount {
-    const NAME: &'static str = "account";
-    const STATE_VERSION: u32 = 2;
-    type Event = AccountEvent;
-    type Command = AccountCommand;
-    type Error = AccountError;
-
+impl SnapshottedAccount {
     fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         self.0.handle(command)
     }
 
     fn apply(&mut self, event: &AccountEvent) {
         self.0.apply(event);
-    }
-
-    fn snapshot_policy() -> SnapshotPolicy {
-        SnapshotPolicy::Every(10)
     }
 }

@@ -1,0 +1,10 @@
+use es_core::Event;
+use serde::{Deserialize, Serialize};
+
+#[derive(Event, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum OrderEvent {
+    Placed { customer: String },
+}
+
+fn main() {}
