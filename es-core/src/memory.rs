@@ -111,7 +111,8 @@ impl EventStore for InMemoryStore {
                 stream_id: stream_id.clone(),
             });
         }
-        let mut state = self.write();
+        let mut guard = self.write();
+        let state = &mut *guard;
         if let Some(key) = &options.idempotency_key {
             if let Some(first) = state.keys.get(key) {
                 if &first.stream_id != stream_id {
@@ -124,7 +125,9 @@ impl EventStore for InMemoryStore {
                 return Ok(AppendOutcome::Duplicate(first.clone()));
             }
         }
-        let actual = state.version_of(stream_id);
+        // One lookup of the stream serves the version check and the append.
+        let indexes = state.streams.get_mut(stream_id);
+        let actual = Version(indexes.as_ref().map_or(0, |s| s.len() as u64));
         if !expected.matches(actual) {
             return Err(Error::Conflict {
                 stream_id: stream_id.clone(),
@@ -154,10 +157,9 @@ impl EventStore for InMemoryStore {
                 recorded_at,
             });
         }
-        // Look the stream up without cloning its id: only a new stream needs
-        // an owned key.
+        // Only a new stream needs an owned copy of its id.
         let appended = first_index..first_index + count;
-        match state.streams.get_mut(stream_id) {
+        match indexes {
             Some(indexes) => indexes.extend(appended),
             None => {
                 state.streams.insert(stream_id.clone(), appended.collect());
@@ -174,7 +176,7 @@ impl EventStore for InMemoryStore {
             state.keys.insert(key.clone(), committed.clone());
         }
         let head = committed.last_position;
-        drop(state);
+        drop(guard);
         // Appends publish their heads outside the lock, possibly out of
         // order: never let an older head replace a newer one.
         self.shared.head.send_if_modified(|current| {

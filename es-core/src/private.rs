@@ -143,7 +143,7 @@ pub struct ApplyIsMissing;
 
 /// Found only when the aggregate has no inherent `handle`.
 pub trait MissingHandle {
-    /// Stands in for the missing function; its result fails [`HandleOutput`].
+    /// Stands in for the missing function; it fails [`HandleFn`].
     fn handle<C>(&self, _command: C) -> HandleIsMissing {
         HandleIsMissing
     }
@@ -153,50 +153,105 @@ impl<T: ?Sized> MissingHandle for T {}
 
 /// Found only when the aggregate has no inherent `apply`.
 pub trait MissingApply {
-    /// Stands in for the missing function; its result fails [`ApplyOutput`].
-    fn apply<E>(&mut self, _event: E) -> ApplyIsMissing {
+    /// Stands in for the missing function; it fails [`ApplyFn`].
+    fn apply<E: ?Sized>(&mut self, _event: &E) -> ApplyIsMissing {
         ApplyIsMissing
     }
 }
 
 impl<T: ?Sized> MissingApply for T {}
 
-/// The result an aggregate's `handle` must have.
+/// An aggregate's `handle`: `fn handle(&self, command: C) -> Result<Vec<E>, Err>`.
+pub trait HandleFn<A, C, E, Err> {
+    /// Calls the function.
+    fn call(self, state: &A, command: C) -> Result<Vec<E>, Err>;
+}
+
+impl<A, C, E, Err, F, R> HandleFn<A, C, E, Err> for F
+where
+    F: Fn(&A, C) -> R,
+    R: HandleReturn<A, C, E, Err>,
+{
+    fn call(self, state: &A, command: C) -> Result<Vec<E>, Err> {
+        self(state, command).into_result()
+    }
+}
+
+/// What an aggregate's `handle` must return.
 #[diagnostic::on_unimplemented(
     message = "`{A}` has no `handle` function returning `Result<Vec<{E}>, {Err}>`",
     label = "derive(Aggregate) calls `{A}::handle` here",
     note = "add to your code: `impl {A} {{ fn handle(&self, command: {C}) -> Result<Vec<{E}>, {Err}> {{ … }} }}`"
 )]
-pub trait HandleOutput<A, C, E, Err> {
+pub trait HandleReturn<A, C, E, Err> {
     /// The events or the refusal.
-    fn into_events(self) -> Result<Vec<E>, Err>;
+    fn into_result(self) -> Result<Vec<E>, Err>;
 }
 
-impl<A, C, E, Err> HandleOutput<A, C, E, Err> for Result<Vec<E>, Err> {
-    fn into_events(self) -> Result<Vec<E>, Err> {
+impl<A, C, E, Err> HandleReturn<A, C, E, Err> for Result<Vec<E>, Err> {
+    fn into_result(self) -> Result<Vec<E>, Err> {
         self
     }
 }
 
-/// Checks and passes on what the aggregate's `handle` returned.
-pub fn handle_output<A, C, E, Err, R: HandleOutput<A, C, E, Err>>(
-    result: R,
+/// Calls the aggregate's `handle`, checking its signature.
+pub fn handle_with<A, C, E, Err, F: HandleFn<A, C, E, Err>>(
+    handle: F,
+    state: &A,
+    command: C,
 ) -> Result<Vec<E>, Err> {
-    result.into_events()
+    handle.call(state, command)
 }
 
-/// The result an aggregate's `apply` must have.
+/// An aggregate's `apply`: `fn apply(&mut self, event: &E)`.
+pub trait ApplyFn<A, E> {
+    /// Calls the function.
+    fn call(self, state: &mut A, event: &E);
+}
+
+impl<A, E, F, R> ApplyFn<A, E> for F
+where
+    F: Fn(&mut A, &E) -> R,
+    R: ApplyReturn<A, E>,
+{
+    fn call(self, state: &mut A, event: &E) {
+        self(state, event);
+    }
+}
+
+/// What an aggregate's `apply` must return: nothing.
 #[diagnostic::on_unimplemented(
-    message = "`{A}` has no `apply` function taking `&{E}`",
+    message = "`{A}` has no `apply` function with the signature `fn apply(&mut self, event: &{E})`",
     label = "derive(Aggregate) calls `{A}::apply` here",
     note = "add to your code: `impl {A} {{ fn apply(&mut self, event: &{E}) {{ … }} }}`"
 )]
-pub trait ApplyOutput<A, E> {}
+pub trait ApplyReturn<A, E> {}
 
-impl<A, E> ApplyOutput<A, E> for () {}
+impl<A, E> ApplyReturn<A, E> for () {}
 
-/// Checks what the aggregate's `apply` returned.
-pub fn apply_output<A, E, R: ApplyOutput<A, E>>(_applied: R) {}
+/// Calls the aggregate's `apply`, checking its signature.
+pub fn apply_with<A, E, F: ApplyFn<A, E>>(apply: F, state: &mut A, event: &E) {
+    apply.call(state, event);
+}
+
+impl crate::Event for Never {
+    fn event_type(&self) -> &'static str {
+        match *self {}
+    }
+
+    fn to_payload(&self) -> serde_json::Result<Value> {
+        match *self {}
+    }
+
+    fn from_payload(event_type: &str, _payload: &Value) -> serde_json::Result<Self> {
+        Err(de::Error::unknown_variant(event_type, &[]))
+    }
+
+    fn schema() -> &'static crate::EventSchema {
+        static SCHEMA: OnceLock<crate::EventSchema> = OnceLock::new();
+        SCHEMA.get_or_init(|| crate::EventSchema::builder("Never").build())
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -37,6 +37,10 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
 fn fallback(input: &DeriveInput, errors: &syn::Error) -> TokenStream {
     let ident = &input.ident;
     let errors = errors.to_compile_error();
+    if !matches!(input.data, Data::Struct(_)) {
+        // A stub would only add errors about the enum's missing supertraits.
+        return errors;
+    }
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     quote! {
         #errors
@@ -188,10 +192,10 @@ fn expand(input: &DeriveInput, parsed: &Input) -> TokenStream {
     };
     let span = ident.span();
     let handle = quote_spanned! {span=>
-        #private::handle_output::<Self, #command, #event, #error, _>(<Self>::handle(self, command))
+        #private::handle_with::<Self, #command, #event, #error, _>(<Self>::handle, self, command)
     };
     let apply = quote_spanned! {span=>
-        #private::apply_output::<Self, #event, _>(<Self>::apply(self, event))
+        #private::apply_with::<Self, #event, _>(<Self>::apply, self, event)
     };
     quote! {
         const _: () = {

@@ -59,6 +59,10 @@ pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
 fn fallback(input: &DeriveInput, errors: &syn::Error) -> TokenStream {
     let ident = &input.ident;
     let errors = errors.to_compile_error();
+    if !input.generics.params.is_empty() || matches!(input.data, Data::Union(_)) {
+        // A stub would only add errors about bounds the type cannot meet.
+        return errors;
+    }
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     quote! {
         #errors

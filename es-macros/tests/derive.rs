@@ -1,7 +1,7 @@
 //! Every feature of the three derives, checked at run time. The file denies
 //! clippy's pedantic lints so that generated code stays clean in users' crates.
 #![deny(clippy::pedantic, warnings)]
-#![allow(clippy::unused_async)]
+#![allow(missing_docs, clippy::unused_async)]
 
 use std::sync::Mutex;
 
@@ -298,7 +298,7 @@ impl<T: Default + Clone + Send + Sync + 'static> Default for Tally<T> {
 }
 
 impl<T: Default + Clone + Send + Sync + 'static> Tally<T> {
-    #[allow(clippy::unnecessary_wraps)]
+    #[allow(clippy::unnecessary_wraps, clippy::unused_self)]
     fn handle(&self, amount: u64) -> Result<Vec<OrderEvent>, OrderError> {
         Ok(vec![OrderEvent::Paid(Payment { amount })])
     }
@@ -429,7 +429,7 @@ mod renamed {
 
     #[derive(core_renamed::Event, Serialize, Deserialize, Debug, PartialEq)]
     #[event(crate = "core_renamed")]
-    pub enum Renamed {
+    pub(crate) enum Renamed {
         Happened { at: u64 },
     }
 
