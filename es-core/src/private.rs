@@ -6,6 +6,8 @@ use serde::Deserializer;
 use serde_json::Value;
 
 pub use ::async_trait::async_trait;
+#[cfg(feature = "testkit")]
+pub use ::insta;
 pub use ::serde;
 pub use ::serde_json;
 pub use std::sync::OnceLock;

@@ -392,6 +392,12 @@ where
                 .iter()
                 .map(|e| e.encode(metadata.clone()))
                 .collect::<Result<Vec<_>>>()?;
+            let append_span = tracing::debug_span!(
+                "append",
+                stream_id = %stream_id,
+                expected = before.0,
+                events = encoded.len(),
+            );
             let outcome = self
                 .store
                 .append(
@@ -400,6 +406,7 @@ where
                     encoded,
                     &append_options,
                 )
+                .instrument(append_span)
                 .await;
             match outcome {
                 Ok(AppendOutcome::Appended(committed)) => {

@@ -78,3 +78,8 @@ fn success_fails_then_error() {
         .when(AccountCommand::Deposit { amount: 1 })
         .then_error(AccountError::ZeroAmount);
 }
+
+#[test]
+fn the_account_catalog_is_snapshotted() {
+    es_core::assert_catalog!(AccountEvent);
+}

@@ -30,3 +30,26 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .expect("a tokio runtime for the test")
         .block_on(future)
 }
+
+/// Snapshots an event family's catalog (types, aliases, versions, fields)
+/// with insta, so a change of an event's shape without a version bump fails
+/// the test that calls it. The snapshot is named `catalog_<Family>` and lives
+/// in `snapshots/` beside the test; review changes with `cargo insta review`.
+///
+/// ```ignore
+/// #[test]
+/// fn order_events_are_versioned() {
+///     es_core::assert_catalog!(OrderEvent);
+/// }
+/// ```
+#[macro_export]
+macro_rules! assert_catalog {
+    ($family:ty) => {
+        $crate::__private::insta::with_settings!({ omit_expression => true }, {
+            $crate::__private::insta::assert_snapshot!(
+                ::std::format!("catalog_{}", <$family as $crate::Event>::schema().family()),
+                <$family as $crate::Event>::catalog().to_string()
+            );
+        })
+    };
+}
