@@ -68,7 +68,7 @@ pub struct Payment {
 
 #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum OrderEvent {
-    #[event(version = 3, upcast_from = PlacedV1, upcast_from = PlacedV2)]
+    #[event(version = 3, alias = "OrderCreated", upcast_from = PlacedV1, upcast_from = PlacedV2)]
     Placed {
         customer: String,
         lines: Vec<Line>,
@@ -151,7 +151,9 @@ fn event_types_versions_and_payloads() {
 
 #[test]
 fn chains_aliases_and_json_upcasters() {
-    let v1 = OrderEvent::decode(&stored("Placed", 1, json!({"customer": "ada"}))).unwrap();
+    // Stored under the type's old name at version 1: alias, then two hops.
+    let v1 = OrderEvent::decode(&stored("OrderCreated", 1, json!({"customer": "ada"}))).unwrap();
+    assert_eq!(v1.event_type, "Placed");
     assert_eq!(
         v1.event,
         OrderEvent::Placed {
@@ -206,7 +208,7 @@ fn catalog_lists_types_aliases_versions_and_fields() {
     reason: String
   Paid v2 (upcasts from v1)
     0: Payment
-  Placed v3 (upcasts from v1, v2)
+  Placed v3 (aliases: OrderCreated) (upcasts from v1, v2)
     customer: String
     lines: Vec<Line>
     currency: String
@@ -373,6 +375,7 @@ fn projection_derive_reads_only_its_families() {
             "CustomerRegistered",
             "OrderAborted",
             "OrderCancelled",
+            "OrderCreated",
             "Paid",
             "Placed",
             "Shipped"

@@ -36,7 +36,11 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 /// the test that calls it. The snapshot is named `catalog_<Family>` and lives
 /// in `snapshots/` beside the test; review changes with `cargo insta review`.
 ///
-/// ```ignore
+/// ```no_run
+/// # use es_core::Event;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Event, Serialize, Deserialize)]
+/// # enum OrderEvent { Placed { total: u64 } }
 /// #[test]
 /// fn order_events_are_versioned() {
 ///     es_core::assert_catalog!(OrderEvent);
