@@ -243,7 +243,7 @@ impl fmt::Display for Catalog {
 pub struct EventSchema {
     family: String,
     types: Vec<EventTypeInfo>,
-    index: HashMap<String, usize>,
+    index: NameIndex,
     upcasters: HashMap<(usize, u32), UpcastFn>,
     problems: Vec<String>,
 }
@@ -296,17 +296,17 @@ impl EventSchema {
     pub fn resolve(&self, stored_type: &str) -> Option<&str> {
         self.index
             .get(stored_type)
-            .map(|&i| self.types[i].name.as_str())
+            .map(|i| self.types[i].name.as_str())
     }
 
     /// The current schema version of a type, by current name or alias.
     pub fn current_version(&self, stored_type: &str) -> Option<u32> {
-        self.index.get(stored_type).map(|&i| self.types[i].version)
+        self.index.get(stored_type).map(|i| self.types[i].version)
     }
 
     /// Every stored name (current names and aliases), sorted.
     pub fn stored_types(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.index.keys().cloned().collect();
+        let mut names: Vec<String> = self.index.names().map(str::to_owned).collect();
         names.sort();
         names
     }
@@ -331,7 +331,7 @@ impl EventSchema {
         if !self.problems.is_empty() {
             return Err(DecodeErrorKind::InvalidSchema(self.problems.join("; ")));
         }
-        let &i = self
+        let i = self
             .index
             .get(stored_type)
             .ok_or(DecodeErrorKind::UnknownType)?;
@@ -397,6 +397,39 @@ impl EventSchema {
             recorded_at: raw.recorded_at,
             event,
         })
+    }
+}
+
+/// Stored names (current names and aliases) to type indexes. Families are
+/// small, so a scan of a short list beats hashing; large ones use a map.
+enum NameIndex {
+    Small(Vec<(String, usize)>),
+    Large(HashMap<String, usize>),
+}
+
+impl NameIndex {
+    const SMALL: usize = 16;
+
+    fn new(names: Vec<(String, usize)>) -> Self {
+        if names.len() <= Self::SMALL {
+            NameIndex::Small(names)
+        } else {
+            NameIndex::Large(names.into_iter().collect())
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<usize> {
+        match self {
+            NameIndex::Small(names) => names.iter().find(|(n, _)| n == name).map(|&(_, i)| i),
+            NameIndex::Large(map) => map.get(name).copied(),
+        }
+    }
+
+    fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            NameIndex::Small(names) => Box::new(names.iter().map(|(n, _)| n.as_str())),
+            NameIndex::Large(map) => Box::new(map.keys().map(String::as_str)),
+        }
     }
 }
 
@@ -590,10 +623,12 @@ impl SchemaBuilder {
         let mut sorted: Vec<Option<EventTypeInfo>> = types.into_iter().map(Some).collect();
         let types: Vec<EventTypeInfo> =
             order.iter().filter_map(|&old| sorted[old].take()).collect();
-        let index = index
-            .into_iter()
-            .map(|(name, old)| (name, new_of_old[old]))
-            .collect();
+        let index = NameIndex::new(
+            index
+                .into_iter()
+                .map(|(name, old)| (name, new_of_old[old]))
+                .collect(),
+        );
         let upcasters = map
             .into_iter()
             .map(|((old, from), hop)| ((new_of_old[old], from), hop))
@@ -697,6 +732,26 @@ mod tests {
             s.upcast("A", 1, &json!({})),
             Err(DecodeErrorKind::InvalidSchema(_))
         ));
+    }
+
+    #[test]
+    fn large_families_resolve_names_and_aliases() {
+        let mut builder = EventSchema::builder("Large");
+        for i in 0..20 {
+            builder = builder
+                .event(format!("T{i:02}"), 1)
+                .alias(format!("Old{i:02}"));
+        }
+        let s = builder.build();
+        s.check().unwrap();
+        assert!(matches!(s.index, NameIndex::Large(_)));
+        assert_eq!(s.resolve("Old07"), Some("T07"));
+        assert_eq!(s.resolve("T19"), Some("T19"));
+        assert_eq!(s.resolve("T20"), None);
+        let names = s.stored_types();
+        assert_eq!(names.len(), 40);
+        assert!(names.windows(2).all(|w| w[0] < w[1]));
+        assert!(matches!(schema().index, NameIndex::Small(_)));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The in-memory store: every store trait, thread-safe, nothing durable.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::store::{CheckpointStore, EventStore, LogSlice, SnapshotStore};
@@ -44,7 +45,8 @@ pub struct InMemoryStore {
 #[derive(Debug)]
 struct Shared {
     state: RwLock<State>,
-    head: watch::Sender<Position>,
+    head: AtomicU64,
+    appended: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -69,7 +71,8 @@ impl InMemoryStore {
         Self {
             shared: Arc::new(Shared {
                 state: RwLock::new(State::default()),
-                head: watch::Sender::new(Position::START),
+                head: AtomicU64::new(0),
+                appended: Notify::new(),
             }),
         }
     }
@@ -178,14 +181,9 @@ impl EventStore for InMemoryStore {
         let head = committed.last_position;
         drop(guard);
         // Appends publish their heads outside the lock, possibly out of
-        // order: never let an older head replace a newer one.
-        self.shared.head.send_if_modified(|current| {
-            let newer = head > *current;
-            if newer {
-                *current = head;
-            }
-            newer
-        });
+        // order: `fetch_max` never lets an older head replace a newer one.
+        self.shared.head.fetch_max(head.0, Ordering::AcqRel);
+        self.shared.appended.notify_waiters();
         Ok(AppendOutcome::Appended(committed))
     }
 
@@ -206,6 +204,23 @@ impl EventStore for InMemoryStore {
             .take(limit)
             .map(|&i| state.log[i].clone())
             .collect())
+    }
+
+    async fn visit_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        visit: &mut (dyn for<'e> FnMut(&'e RecordedEvent) -> Result<()> + Send),
+    ) -> Result<()> {
+        let state = self.read();
+        let Some(indexes) = state.streams.get(stream_id) else {
+            return Ok(());
+        };
+        let skip = from.0.saturating_sub(1) as usize;
+        for &i in indexes.iter().skip(skip) {
+            visit(&state.log[i])?;
+        }
+        Ok(())
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {
@@ -237,14 +252,23 @@ impl EventStore for InMemoryStore {
     }
 
     async fn head(&self) -> Result<Position> {
-        Ok(*self.shared.head.borrow())
+        Ok(Position(self.shared.head.load(Ordering::Acquire)))
     }
 
     async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<bool> {
-        let mut rx = self.shared.head.subscribe();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|head| *head > after)).await;
-        // The sender lives as long as the store, so `wait_for` cannot fail.
-        Ok(matches!(waited, Ok(Ok(_))))
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.appended.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Register before reading the head, so an append in between wakes us.
+            notified.as_mut().enable();
+            if self.shared.head.load(Ordering::Acquire) > after.0 {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(self.shared.head.load(Ordering::Acquire) > after.0);
+            }
+        }
     }
 
     async fn find_idempotency_key(&self, key: &str) -> Result<Option<Committed>> {

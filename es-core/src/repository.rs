@@ -17,9 +17,6 @@ use crate::types::{
     StreamId, Version,
 };
 
-/// How many events a load reads per round trip.
-const PAGE: usize = 1024;
-
 /// The error of [`Repository::execute`]: the domain refused the command, or
 /// the framework failed.
 #[derive(Debug, thiserror::Error)]
@@ -285,21 +282,21 @@ where
     async fn replay_tail(&self, mut loaded: Loaded<A>) -> Result<Loaded<A>> {
         let schema = A::Event::schema();
         let mut applied = 0usize;
-        loop {
-            let page = self
-                .store
-                .read_stream(&loaded.stream_id, loaded.version.next(), PAGE)
-                .await?;
-            for raw in &page {
+        let Loaded {
+            stream_id,
+            version,
+            state,
+        } = &mut loaded;
+        let from = version.next();
+        self.store
+            .visit_stream(stream_id, from, &mut |raw| {
                 let event = decode_event::<A::Event>(schema, raw)?;
-                loaded.state.evolve(&event);
-                loaded.version = raw.version;
-            }
-            applied += page.len();
-            if page.len() < PAGE {
-                break;
-            }
-        }
+                state.evolve(&event);
+                *version = raw.version;
+                applied += 1;
+                Ok(())
+            })
+            .await?;
         let span = tracing::Span::current();
         span.record("version", loaded.version.0);
         span.record("events", applied);

@@ -48,14 +48,40 @@ pub trait EventStore: Send + Sync {
         options: &AppendOptions,
     ) -> Result<AppendOutcome>;
 
-    /// Reads at most `limit` events of a stream, in version order, starting
-    /// at version `from` (inclusive). An unknown stream reads as empty.
+    /// Reads the events of a stream in version order, starting at version
+    /// `from` (inclusive): exactly `limit` of them when the stream holds that
+    /// many more, so a shorter page means the end of the stream. An unknown
+    /// stream reads as empty.
     async fn read_stream(
         &self,
         stream_id: &StreamId,
         from: Version,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>>;
+
+    /// Calls `visit` with each event of a stream from version `from`, in
+    /// order, stopping at the first error. The default reads pages with
+    /// [`EventStore::read_stream`]; a store that holds its events in memory
+    /// overrides it to lend them instead of copying them.
+    async fn visit_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        visit: &mut (dyn for<'e> FnMut(&'e RecordedEvent) -> Result<()> + Send),
+    ) -> Result<()> {
+        const PAGE: usize = 1024;
+        let mut from = from;
+        loop {
+            let page = self.read_stream(stream_id, from, PAGE).await?;
+            for raw in &page {
+                visit(raw)?;
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => from = last.version.next(),
+                _ => return Ok(()),
+            }
+        }
+    }
 
     /// The version of a stream's last event ([`Version::INITIAL`] for a
     /// stream without events).

@@ -34,7 +34,13 @@ impl StreamId {
 
     /// The stream id of one instance of an aggregate: `{aggregate}-{id}`.
     pub fn for_aggregate(aggregate: &str, id: impl fmt::Display) -> Self {
-        Self(format!("{aggregate}-{id}"))
+        use fmt::Write as _;
+        let mut text = String::with_capacity(aggregate.len() + 37);
+        text.push_str(aggregate);
+        text.push('-');
+        // Writing into a String cannot fail.
+        let _ = write!(text, "{id}");
+        Self(text)
     }
 
     /// The stream id as text.

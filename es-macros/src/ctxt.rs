@@ -4,7 +4,9 @@
 use std::cell::RefCell;
 use std::fmt::Display;
 
+use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
+use syn::DeriveInput;
 
 /// The error collector of one derive invocation.
 #[derive(Default)]
@@ -35,5 +37,29 @@ impl Ctxt {
             combined.combine(rest);
         }
         Err(combined)
+    }
+}
+
+/// The shape of every derive: parse with a collector, then expand, or emit
+/// the errors next to a stub impl when anything was wrong.
+pub(crate) fn run<'a, T>(
+    input: &'a DeriveInput,
+    derive: &str,
+    parse: impl FnOnce(&Ctxt, &'a DeriveInput) -> Option<T>,
+    expand: impl FnOnce(&'a DeriveInput, &T) -> TokenStream,
+    fallback: impl FnOnce(&'a DeriveInput, &syn::Error) -> TokenStream,
+) -> TokenStream {
+    let cx = Ctxt::default();
+    let parsed = parse(&cx, input);
+    match (cx.check(), parsed) {
+        (Ok(()), Some(parsed)) => expand(input, &parsed),
+        (Err(errors), _) => fallback(input, &errors),
+        (Ok(()), None) => fallback(
+            input,
+            &syn::Error::new(
+                Span::call_site(),
+                format!("derive({derive}) could not read its input"),
+            ),
+        ),
     }
 }

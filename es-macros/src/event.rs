@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{Data, DeriveInput, Fields, Ident, LitStr, Path};
@@ -43,16 +43,7 @@ struct Input<'a> {
 }
 
 pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
-    let cx = Ctxt::default();
-    let parsed = parse(&cx, input);
-    match (cx.check(), parsed) {
-        (Ok(()), Some(parsed)) => expand(&parsed),
-        (Err(errors), _) => fallback(input, &errors),
-        (Ok(()), None) => fallback(
-            input,
-            &syn::Error::new(Span::call_site(), "derive(Event) could not read its input"),
-        ),
-    }
+    crate::ctxt::run(input, "Event", parse, |_, parsed| expand(parsed), fallback)
 }
 
 /// The errors plus a stub impl, so that one mistake gives one error.

@@ -1,6 +1,6 @@
 //! `#[derive(Projection)]`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
@@ -19,19 +19,7 @@ struct Input {
 }
 
 pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
-    let cx = Ctxt::default();
-    let parsed = parse(&cx, input);
-    match (cx.check(), parsed) {
-        (Ok(()), Some(parsed)) => expand(input, &parsed),
-        (Err(errors), _) => fallback(input, &errors),
-        (Ok(()), None) => fallback(
-            input,
-            &syn::Error::new(
-                Span::call_site(),
-                "derive(Projection) could not read its input",
-            ),
-        ),
-    }
+    crate::ctxt::run(input, "Projection", parse, expand, fallback)
 }
 
 fn fallback(input: &DeriveInput, errors: &syn::Error) -> TokenStream {

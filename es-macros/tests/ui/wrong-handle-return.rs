@@ -1,19 +1,7 @@
-use es_core::{Aggregate, Event};
+use es_core::Aggregate;
 use serde::{Deserialize, Serialize};
 
-#[derive(Event, Serialize, Deserialize, Debug, Clone)]
-enum OrderEvent {
-    Placed { customer: String },
-}
-
-#[derive(Debug, Clone)]
-enum OrderCommand {
-    Place { customer: String },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("order error")]
-struct OrderError;
+include!("support/order.rs");
 
 #[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
 #[aggregate(name = "order", event = OrderEvent, command = OrderCommand, error = OrderError)]
