@@ -14,7 +14,8 @@
 //! - the [`Repository`] that loads aggregates and executes commands with
 //!   retries on conflicts, snapshots, idempotency keys and a state cache;
 //! - [`Projection`]s and the [`ProjectionRunner`] that feeds them from the
-//!   global log, with checkpoints, rebuilds and parked events;
+//!   global log, with checkpoints, rebuilds and parked events, and process
+//!   managers (sagas) whose commands are idempotent through [`Reaction`];
 //! - with the `testkit` feature, `testkit`: the store conformance suite and a
 //!   given/when/then fixture for aggregates.
 //!
@@ -86,6 +87,7 @@ mod event;
 mod memory;
 mod projection;
 mod repository;
+mod saga;
 mod store;
 mod types;
 
@@ -101,6 +103,7 @@ pub use crate::projection::{
     RetryReport, RunningProjection,
 };
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
+pub use crate::saga::{CausingEvent, Reaction};
 pub use crate::store::{CheckpointStore, ContextProvider, EventStore, LogSlice, SnapshotStore};
 pub use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId,
