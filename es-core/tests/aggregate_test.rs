@@ -2,19 +2,14 @@
 
 mod common;
 
-use common::{Account, AccountCommand, AccountError, AccountEvent, Deposited, Opened, Withdrawn};
+use common::deposited;
+
+use common::{Account, AccountCommand, AccountError, AccountEvent, Opened, Withdrawn};
 use es_core::testkit::AggregateTest;
 
 fn opened() -> AccountEvent {
     AccountEvent::Opened(Opened {
         owner: "ada".into(),
-    })
-}
-
-fn deposited(amount: u64) -> AccountEvent {
-    AccountEvent::Deposited(Deposited {
-        amount,
-        memo: String::new(),
     })
 }
 

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{deposit, open, withdraw};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,20 +23,6 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn open(owner: &str) -> AccountCommand {
-    AccountCommand::Open {
-        owner: owner.to_owned(),
-    }
-}
-
-fn deposit(amount: u64) -> AccountCommand {
-    AccountCommand::Deposit { amount }
-}
-
-fn withdraw(amount: u64) -> AccountCommand {
-    AccountCommand::Withdraw { amount }
-}
 
 /// Ten events over two accounts: `a` ends with 67, `b` with 31.
 fn script() -> Vec<(&'static str, AccountCommand)> {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{deposit, deposited, open, withdraw};
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,8 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use common::{
-    Account, AccountCommand, AccountError, AccountEvent, Deposited, Opened, SnapshottedAccount,
-    Withdrawn,
+    Account, AccountCommand, AccountError, AccountEvent, Opened, SnapshottedAccount, Withdrawn,
 };
 use es_core::{
     Aggregate, AppendOptions, AppendOutcome, Committed, DecodeError, DecodeErrorKind, Error, Event,
@@ -28,27 +29,6 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn open(owner: &str) -> AccountCommand {
-    AccountCommand::Open {
-        owner: owner.to_owned(),
-    }
-}
-
-fn deposit(amount: u64) -> AccountCommand {
-    AccountCommand::Deposit { amount }
-}
-
-fn withdraw(amount: u64) -> AccountCommand {
-    AccountCommand::Withdraw { amount }
-}
-
-fn deposited(amount: u64) -> AccountEvent {
-    AccountEvent::Deposited(Deposited {
-        amount,
-        memo: String::new(),
-    })
-}
 
 fn stream(id: &str) -> StreamId {
     Repository::<Account, InMemoryStore>::stream_id(id)

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::open;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::{Account, AccountCommand, AccountEvent};
@@ -66,12 +68,6 @@ impl Handles<AccountEvent> for Welcome {
 impl ResetProjection for Welcome {
     async fn reset_read_model(&self, (): &mut ()) -> Result<(), BoxError> {
         Ok(())
-    }
-}
-
-fn open(owner: &str) -> AccountCommand {
-    AccountCommand::Open {
-        owner: owner.into(),
     }
 }
 

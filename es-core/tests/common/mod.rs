@@ -154,3 +154,35 @@ impl SnapshottedAccount {
         self.0.apply(event);
     }
 }
+
+/// `AccountCommand::Open`.
+pub fn open(owner: &str) -> AccountCommand {
+    AccountCommand::Open {
+        owner: owner.to_owned(),
+    }
+}
+
+/// `AccountCommand::Deposit`.
+pub fn deposit(amount: u64) -> AccountCommand {
+    AccountCommand::Deposit { amount }
+}
+
+/// `AccountCommand::Withdraw`.
+pub fn withdraw(amount: u64) -> AccountCommand {
+    AccountCommand::Withdraw { amount }
+}
+
+/// An `Opened` event.
+pub fn opened(owner: &str) -> AccountEvent {
+    AccountEvent::Opened(Opened {
+        owner: owner.to_owned(),
+    })
+}
+
+/// A `Deposited` event without a memo.
+pub fn deposited(amount: u64) -> AccountEvent {
+    AccountEvent::Deposited(Deposited {
+        amount,
+        memo: String::new(),
+    })
+}
