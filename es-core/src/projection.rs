@@ -23,6 +23,18 @@ use crate::types::{Checkpoint, Envelope, EventFilter, ParkedEvent, Position, Rec
 /// ([`ContextProvider`]); with a transaction, the read model's writes and the
 /// projection's checkpoint commit together.
 ///
+/// Derive it with `#[derive(Projection)]` and implement [`Handles<E>`] for
+/// each event family it reads plus [`ResetProjection`] (see [`Handles`] for
+/// a complete example):
+///
+/// | key of `#[projection(…)]` | meaning |
+/// | --- | --- |
+/// | `name = "order_summary"` | the checkpoint's key (required) |
+/// | `version = N` | the projection's version; changing it rebuilds (default 1) |
+/// | `events(OrderEvent, PaymentEvent)` | the families it handles; it reads only their stored types (required) |
+/// | `context = SqliteTx` | the handler's context (default `()`) |
+/// | `crate = "path"` | where `es_core` is, for a renamed dependency |
+///
 /// `handle` receives stored events of the types in
 /// [`event_types`](Projection::event_types) and decodes them with the event
 /// family's [`Event::decode`](crate::Event::decode), so upcasters and aliases
@@ -200,14 +212,15 @@ pub struct RetryReport {
 /// ```
 pub struct ProjectionRunner<P, S> {
     inner: Arc<Inner<P, S>>,
-}
-
-struct Inner<P, S> {
-    store: S,
-    projection: P,
     batch_size: usize,
     policy: FailurePolicy,
     idle_wait: Duration,
+}
+
+/// What clones of a runner share.
+struct Inner<P, S> {
+    store: S,
+    projection: P,
     filter: EventFilter,
 }
 
@@ -215,6 +228,9 @@ impl<P, S> Clone for ProjectionRunner<P, S> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            batch_size: self.batch_size,
+            policy: self.policy,
+            idle_wait: self.idle_wait,
         }
     }
 }
@@ -226,8 +242,8 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProjectionRunner")
             .field("projection", &P::NAME)
-            .field("batch_size", &self.inner.batch_size)
-            .field("policy", &self.inner.policy)
+            .field("batch_size", &self.batch_size)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -245,10 +261,6 @@ where
 {
     /// A runner with batches of 500 events and [`FailurePolicy::Stop`].
     pub fn new(store: S, projection: P) -> Self {
-        Self::build(store, projection, 500, FailurePolicy::Stop)
-    }
-
-    fn build(store: S, projection: P, batch_size: usize, policy: FailurePolicy) -> Self {
         let filter = EventFilter {
             event_types: P::event_types(),
         };
@@ -256,36 +268,34 @@ where
             inner: Arc::new(Inner {
                 store,
                 projection,
-                batch_size: batch_size.max(1),
-                policy,
-                idle_wait: Duration::from_secs(5),
                 filter,
             }),
-        }
-    }
-
-    fn rebuild_with(self, f: impl FnOnce(&mut Inner<P, S>)) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                f(&mut inner);
-                Self {
-                    inner: Arc::new(inner),
-                }
-            }
-            Err(shared) => Self { inner: shared },
+            batch_size: 500,
+            policy: FailurePolicy::Stop,
+            idle_wait: Duration::from_secs(5),
         }
     }
 
     /// Sets the most events handled in one batch (one transaction).
     #[must_use]
-    pub fn batch_size(self, batch_size: usize) -> Self {
-        self.rebuild_with(|i| i.batch_size = batch_size.max(1))
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
     }
 
     /// Sets what happens when the handler fails.
     #[must_use]
-    pub fn failure_policy(self, policy: FailurePolicy) -> Self {
-        self.rebuild_with(|i| i.policy = policy)
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets how long a follower waits for new events before it looks again
+    /// (a safety net: stores wake followers when events arrive).
+    #[must_use]
+    pub fn idle_wait(mut self, idle_wait: Duration) -> Self {
+        self.idle_wait = idle_wait;
+        self
     }
 
     /// The projection.
@@ -392,7 +402,7 @@ where
                     position = p;
                     tokio::select! {
                         () = &mut shutdown => break,
-                        waited = self.inner.store.wait_for_events(position, self.inner.idle_wait) => {
+                        waited = self.inner.store.wait_for_events(position, self.idle_wait) => {
                             waited?;
                         }
                     }
@@ -423,7 +433,7 @@ where
         let inner = &*self.inner;
         let slice = inner
             .store
-            .read_all(position, &inner.filter, inner.batch_size)
+            .read_all(position, &inner.filter, self.batch_size)
             .await?;
         if slice.events.is_empty() {
             if slice.next != position {
@@ -483,7 +493,7 @@ where
             } else {
                 context
             };
-            match inner.policy {
+            match self.policy {
                 FailurePolicy::Stop => {
                     if let Some(before) = before {
                         store

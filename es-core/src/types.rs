@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -22,14 +23,15 @@ use uuid::Uuid;
 /// assert_eq!(id.as_str(), "order-7f3c");
 /// assert_eq!(id.to_string(), "order-7f3c");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct StreamId(String);
+///
+/// Cloning a stream id is cheap: the text is shared.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(Arc<str>);
 
 impl StreamId {
     /// A stream id from its full text.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(Arc::from(id.into()))
     }
 
     /// The stream id of one instance of an aggregate: `{aggregate}-{id}`.
@@ -40,12 +42,24 @@ impl StreamId {
         text.push('-');
         // Writing into a String cannot fail.
         let _ = write!(text, "{id}");
-        Self(text)
+        Self(Arc::from(text))
     }
 
     /// The stream id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(StreamId::new)
     }
 }
 
@@ -57,13 +71,13 @@ impl fmt::Display for StreamId {
 
 impl From<&str> for StreamId {
     fn from(value: &str) -> Self {
-        Self::new(value)
+        Self(Arc::from(value))
     }
 }
 
 impl From<String> for StreamId {
     fn from(value: String) -> Self {
-        Self(value)
+        Self::new(value)
     }
 }
 
