@@ -1,0 +1,629 @@
+//! Benchmark of the PostgreSQL store against a hand-written SQL floor.
+//!
+//! Run it against the local server (127.0.0.1:5432, user `postgres`,
+//! database `test`, or `ES_BENCH_URL`):
+//!
+//! ```sh
+//! cargo run --release -p es-postgres --example bench
+//! ```
+//!
+//! Each workload runs 3 times in a fresh schema; the table shows the median
+//! and the spread (min–max), the same workload written as plain sqlx (the
+//! floor: select the stream, insert with the version check; a multi-row
+//! insert; a plain ordered read), and the framework's figure as a ratio to
+//! the floor, because absolute numbers drift on a shared machine.
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use es_core::{
+    Aggregate, AppendOptions, BoxError, Envelope, Event, EventFilter, EventStore, ExpectedVersion,
+    Handles, Position, ProjectionRunner, Repository, ResetProjection, SnapshotStore, StreamId,
+};
+use es_postgres::{PgEventStore, PgStoreOptions, PgTx};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::types::Json;
+use sqlx::{PgPool, Row};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum BenchEvent {
+    Added { amount: u64, note: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+pub struct Never;
+
+/// W1, W2: no snapshots.
+#[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
+#[aggregate(name = "tick", event = BenchEvent, command = u64, error = Never)]
+pub struct Tick {
+    total: u64,
+    count: u64,
+}
+
+// `handle` takes its command by value: the signature the derive asks for.
+#[allow(clippy::needless_pass_by_value, clippy::unnecessary_wraps)]
+impl Tick {
+    fn handle(&self, amount: u64) -> Result<Vec<BenchEvent>, Never> {
+        Ok(vec![BenchEvent::Added {
+            amount,
+            note: "bench".into(),
+        }])
+    }
+    fn apply(&mut self, BenchEvent::Added { amount, .. }: &BenchEvent) {
+        self.total += amount;
+        self.count += 1;
+    }
+}
+
+/// W3: snapshots allowed (taken by hand).
+#[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
+#[aggregate(name = "ledger", event = BenchEvent, command = u64, error = Never,
+            snapshot(every = 1000000, version = 1))]
+pub struct Ledger {
+    total: u64,
+    count: u64,
+}
+
+#[allow(clippy::needless_pass_by_value, clippy::unnecessary_wraps)]
+impl Ledger {
+    fn handle(&self, amount: u64) -> Result<Vec<BenchEvent>, Never> {
+        Ok(vec![BenchEvent::Added {
+            amount,
+            note: "bench".into(),
+        }])
+    }
+    fn apply(&mut self, BenchEvent::Added { amount, .. }: &BenchEvent) {
+        self.total += amount;
+        self.count += 1;
+    }
+}
+
+/// W6: one read-model row per event, committed with the checkpoint.
+#[derive(es_core::Projection)]
+#[projection(name = "rows", events(BenchEvent), context = PgTx)]
+pub struct Rows {
+    table: String,
+}
+
+#[async_trait]
+impl Handles<BenchEvent> for Rows {
+    async fn handle_event(&self, tx: &mut PgTx, e: Envelope<BenchEvent>) -> Result<(), BoxError> {
+        let BenchEvent::Added { amount, .. } = e.event;
+        sqlx::query(&format!(
+            "INSERT INTO {} (position, stream_id, amount) VALUES ($1, $2, $3)",
+            self.table
+        ))
+        .bind(i64::try_from(e.position.0)?)
+        .bind(e.stream_id.as_str())
+        .bind(i64::try_from(amount)?)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResetProjection for Rows {
+    async fn reset_read_model(&self, tx: &mut PgTx) -> Result<(), BoxError> {
+        sqlx::query(&format!("DELETE FROM {}", self.table))
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+}
+
+struct Bench {
+    pool: PgPool,
+    next: u32,
+}
+
+impl Bench {
+    async fn schema(&mut self) -> Res<(PgEventStore, String)> {
+        self.next += 1;
+        let schema = format!("es_bench_{}_{}", std::process::id(), self.next);
+        let store = PgStoreOptions::new()
+            .schema(schema.clone())
+            .open(self.pool.clone())
+            .await?;
+        // The floor's table: the same columns, no transaction id.
+        sqlx::query(&format!(
+            "CREATE TABLE \"{schema}\".floor (
+                position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                stream_id text NOT NULL, version bigint NOT NULL, event_id uuid NOT NULL,
+                event_type text NOT NULL, schema_version int NOT NULL, payload json NOT NULL,
+                metadata json NOT NULL, recorded_at timestamptz NOT NULL,
+                UNIQUE (stream_id, version))"
+        ))
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE \"{schema}\".floor_snapshots (stream_id text PRIMARY KEY, version bigint, state json)"
+        ))
+        .execute(&self.pool)
+        .await?;
+        Ok((store, schema))
+    }
+
+    async fn drop(&self, schema: &str) -> Res<()> {
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn payload(amount: u64) -> serde_json::Value {
+    serde_json::json!({ "amount": amount, "note": "bench" })
+}
+
+/// Floor: one command = select the stream's events, fold, insert the next version.
+async fn floor_command(pool: &PgPool, schema: &str, stream: &str, amount: u64) -> Res<()> {
+    let rows = sqlx::query(&format!(
+        "SELECT version, payload FROM \"{schema}\".floor WHERE stream_id = $1 ORDER BY version"
+    ))
+    .bind(stream)
+    .fetch_all(pool)
+    .await?;
+    let mut state = (0u64, 0u64);
+    for row in &rows {
+        let Json(e): Json<FloorAdded> = row.try_get("payload")?;
+        state.0 += e.amount;
+        state.1 += 1;
+    }
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".floor (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+         VALUES ($1, $2, $3, 'Added', 1, $4, '{{}}', now())"
+    ))
+    .bind(stream)
+    .bind(i64::try_from(state.1 + 1)?)
+    .bind(uuid::Uuid::now_v7())
+    .bind(Json(payload(amount)))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct FloorAdded {
+    amount: u64,
+    #[allow(dead_code)]
+    note: String,
+}
+
+const W1_COMMANDS: u64 = 10_000;
+const W1_AGGREGATES: u64 = 1_000;
+
+async fn w1(b: &mut Bench, tasks: u64, floor: bool, cache: bool) -> Res<f64> {
+    let (store, schema) = b.schema().await?;
+    let repo = if cache {
+        Repository::<Tick, _>::new(store.clone()).with_cache(W1_AGGREGATES as usize)
+    } else {
+        Repository::<Tick, _>::new(store.clone())
+    };
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let repo = repo.clone();
+        let pool = b.pool.clone();
+        let schema = schema.clone();
+        handles.push(tokio::spawn(async move {
+            let per_task = W1_COMMANDS / tasks;
+            let aggregates = W1_AGGREGATES / tasks;
+            for i in 0..per_task {
+                let id = t * aggregates + i % aggregates;
+                if floor {
+                    floor_command(&pool, &schema, &format!("tick-{id}"), i).await?;
+                } else {
+                    repo.execute(id, i).await?;
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    let rate = W1_COMMANDS as f64 / start.elapsed().as_secs_f64();
+    b.drop(&schema).await?;
+    Ok(rate)
+}
+
+const W3_EVENTS: u64 = 10_000;
+
+/// W3: median of 20 loads (ms) of one 10,000-event aggregate.
+async fn w3(b: &mut Bench, floor: bool, snapshot: bool) -> Res<f64> {
+    let (store, schema) = b.schema().await?;
+    let stream = StreamId::new("ledger-big");
+    let mut version = 0;
+    while version < W3_EVENTS {
+        let events = (0..1_000)
+            .map(|i| {
+                BenchEvent::Added {
+                    amount: i,
+                    note: "bench".into(),
+                }
+                .encode(Default::default())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if floor {
+            insert_floor_batch(&b.pool, &schema, stream.as_str(), version, 1_000).await?;
+        } else {
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(es_core::Version(version)),
+                    events,
+                    &AppendOptions::default(),
+                )
+                .await?;
+        }
+        version += 1_000;
+    }
+    let repo = Repository::<Ledger, _>::new(store.clone());
+    if snapshot {
+        if floor {
+            sqlx::query(&format!(
+                "INSERT INTO \"{schema}\".floor_snapshots VALUES ($1, $2, $3)"
+            ))
+            .bind(stream.as_str())
+            .bind(i64::try_from(W3_EVENTS)?)
+            .bind(Json(serde_json::json!({"total": 1, "count": W3_EVENTS})))
+            .execute(&b.pool)
+            .await?;
+        } else {
+            let loaded = repo.load("big").await?;
+            store
+                .save_snapshot(es_core::Snapshot {
+                    stream_id: stream.clone(),
+                    version: loaded.version,
+                    state_version: Ledger::STATE_VERSION,
+                    state: serde_json::to_value(&loaded.state)?,
+                    taken_at: chrono::Utc::now(),
+                })
+                .await?;
+        }
+    }
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        if floor {
+            let mut from = 0i64;
+            let mut state = (0u64, 0u64);
+            if snapshot {
+                let row = sqlx::query(&format!(
+                    "SELECT version, state FROM \"{schema}\".floor_snapshots WHERE stream_id = $1"
+                ))
+                .bind(stream.as_str())
+                .fetch_one(&b.pool)
+                .await?;
+                from = row.try_get("version")?;
+                let Json(s): Json<serde_json::Value> = row.try_get("state")?;
+                state.1 = s["count"].as_u64().unwrap_or(0);
+            }
+            let rows = sqlx::query(&format!(
+                "SELECT version, payload FROM \"{schema}\".floor WHERE stream_id = $1 AND version > $2 ORDER BY version"
+            ))
+            .bind(stream.as_str())
+            .bind(from)
+            .fetch_all(&b.pool)
+            .await?;
+            for row in &rows {
+                let Json(e): Json<FloorAdded> = row.try_get("payload")?;
+                state.0 += e.amount;
+                state.1 += 1;
+            }
+            assert_eq!(state.1, W3_EVENTS);
+        } else {
+            let loaded = repo.load("big").await?;
+            assert_eq!(loaded.state.count, W3_EVENTS);
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    b.drop(&schema).await?;
+    Ok(median(times))
+}
+
+async fn insert_floor_batch(
+    pool: &PgPool,
+    schema: &str,
+    stream: &str,
+    after: u64,
+    n: u64,
+) -> Res<()> {
+    let versions: Vec<i64> = (after + 1..=after + n).map(|v| v as i64).collect();
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
+    let payloads: Vec<String> = (0..n).map(|i| payload(i).to_string()).collect();
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".floor (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+         SELECT $1, v, id, 'Added', 1, p::json, '{{}}', now()
+         FROM unnest($2::int8[], $3::uuid[], $4::text[]) AS t(v, id, p)"
+    ))
+    .bind(stream)
+    .bind(&versions)
+    .bind(&ids)
+    .bind(&payloads)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+const W4_EVENTS: u64 = 100_000;
+const W4_BATCH: u64 = 100;
+
+/// W4: 100,000 events into one stream in appends of 100 (events/s).
+async fn w4(b: &mut Bench, floor: bool) -> Res<f64> {
+    let (store, schema) = b.schema().await?;
+    let stream = StreamId::new("bulk-1");
+    let start = Instant::now();
+    let mut version = 0;
+    while version < W4_EVENTS {
+        if floor {
+            insert_floor_batch(&b.pool, &schema, stream.as_str(), version, W4_BATCH).await?;
+        } else {
+            let events = (0..W4_BATCH)
+                .map(|i| {
+                    BenchEvent::Added {
+                        amount: i,
+                        note: "bench".into(),
+                    }
+                    .encode(Default::default())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(es_core::Version(version)),
+                    events,
+                    &AppendOptions::default(),
+                )
+                .await?;
+        }
+        version += W4_BATCH;
+    }
+    let rate = W4_EVENTS as f64 / start.elapsed().as_secs_f64();
+    b.drop(&schema).await?;
+    Ok(rate)
+}
+
+/// Fills a schema with 100,000 events over 1,000 streams, in both tables.
+async fn fill(b: &mut Bench) -> Res<(PgEventStore, String)> {
+    let (store, schema) = b.schema().await?;
+    for s in 0..1_000u64 {
+        let stream = StreamId::new(format!("tick-{s}"));
+        let events = (0..100)
+            .map(|i| {
+                BenchEvent::Added {
+                    amount: i,
+                    note: "bench".into(),
+                }
+                .encode(Default::default())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        store
+            .append(
+                &stream,
+                ExpectedVersion::NoStream,
+                events,
+                &AppendOptions::default(),
+            )
+            .await?;
+        insert_floor_batch(&b.pool, &schema, stream.as_str(), 0, 100).await?;
+    }
+    sqlx::query(&format!("ANALYZE \"{schema}\".events"))
+        .execute(&b.pool)
+        .await?;
+    sqlx::query(&format!("ANALYZE \"{schema}\".floor"))
+        .execute(&b.pool)
+        .await?;
+    Ok((store, schema))
+}
+
+/// W5: the whole log in order, decoded into typed events (events/s).
+async fn w5(b: &mut Bench, floor: bool) -> Res<f64> {
+    let (store, schema) = fill(b).await?;
+    let start = Instant::now();
+    let mut count = 0u64;
+    if floor {
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(&format!(
+                "SELECT position, payload FROM \"{schema}\".floor WHERE position > $1 ORDER BY position LIMIT 1000"
+            ))
+            .bind(after)
+            .fetch_all(&b.pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("position")?;
+            for row in &rows {
+                let Json(e): Json<FloorAdded> = row.try_get("payload")?;
+                std::hint::black_box(e.amount);
+                count += 1;
+            }
+        }
+    } else {
+        let mut after = Position::START;
+        loop {
+            let slice = store.read_all(after, &EventFilter::all(), 1000).await?;
+            if slice.events.is_empty() {
+                break;
+            }
+            after = slice.next;
+            for raw in &slice.events {
+                let e = BenchEvent::decode(raw)?;
+                std::hint::black_box(&e.event);
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(count, 100_000);
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    b.drop(&schema).await?;
+    Ok(rate)
+}
+
+/// W6: a projection catching up over 100,000 events, one row per event (events/s).
+async fn w6(b: &mut Bench) -> Res<f64> {
+    let (store, schema) = fill(b).await?;
+    let table = format!("\"{schema}\".rows");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (position bigint PRIMARY KEY, stream_id text NOT NULL, amount bigint NOT NULL)"
+    ))
+    .execute(&b.pool)
+    .await?;
+    let runner = ProjectionRunner::new(
+        store.clone(),
+        Rows {
+            table: table.clone(),
+        },
+    )
+    .batch_size(1000);
+    let start = Instant::now();
+    runner.catch_up().await?;
+    let rate = 100_000.0 / start.elapsed().as_secs_f64();
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(&b.pool)
+        .await?;
+    assert_eq!(rows, 100_000);
+    b.drop(&schema).await?;
+    Ok(rate)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[derive(Clone)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(v: Vec<f64>) -> Self {
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Self {
+            median: median(v),
+            min,
+            max,
+        }
+    }
+
+    fn show(&self, unit: &str) -> String {
+        let f = |x: f64| {
+            if x >= 100.0 {
+                format!("{:.0}", x)
+            } else {
+                format!("{:.2}", x)
+            }
+        };
+        format!(
+            "{} {unit} ({}–{})",
+            f(self.median),
+            f(self.min),
+            f(self.max)
+        )
+    }
+}
+
+async fn three<F>(b: &mut Bench, mut f: F) -> Res<Stat>
+where
+    F: AsyncFnMut(&mut Bench) -> Res<f64>,
+{
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(f(b).await?);
+    }
+    Ok(Stat::of(v))
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let url = std::env::var("ES_BENCH_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&url)
+        .await?;
+    let mut settings = Vec::new();
+    for name in [
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "shared_buffers",
+    ] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {name}"))
+            .fetch_one(&pool)
+            .await?;
+        settings.push(format!("{name} = {value}"));
+    }
+    println!("PostgreSQL settings: {}", settings.join(", "));
+    let mut b = Bench {
+        pool: pool.clone(),
+        next: 0,
+    };
+    let started = Instant::now();
+    let mut rows: Vec<(&str, Stat, Option<Stat>, &str)> = Vec::new();
+    let fw = three(&mut b, async |b| w1(b, 1, false, false).await).await?;
+    let floor = three(&mut b, async |b| w1(b, 1, true, false).await).await?;
+    let cached = three(&mut b, async |b| w1(b, 1, false, true).await).await?;
+    let floor_again = floor.clone();
+    rows.push(("W1 commands/s, 1 task", fw, Some(floor), "≥ 0.90"));
+    rows.push((
+        "W1 with the state cache on",
+        cached,
+        Some(floor_again),
+        "> 1.00",
+    ));
+    let fw = three(&mut b, async |b| w1(b, 8, false, false).await).await?;
+    let floor = three(&mut b, async |b| w1(b, 8, true, false).await).await?;
+    rows.push(("W2 commands/s, 8 tasks", fw, Some(floor), "≥ 0.90"));
+    let fw = three(&mut b, async |b| w3(b, false, false).await).await?;
+    let floor = three(&mut b, async |b| w3(b, true, false).await).await?;
+    rows.push(("W3 load of 10,000 events, ms", fw, Some(floor), "≤ 1.20"));
+    let fw = three(&mut b, async |b| w3(b, false, true).await).await?;
+    let floor = three(&mut b, async |b| w3(b, true, true).await).await?;
+    rows.push(("W3 load from a snapshot, ms", fw, Some(floor), "≤ 0.5 ms"));
+    let fw = three(&mut b, async |b| w4(b, false).await).await?;
+    let floor = three(&mut b, async |b| w4(b, true).await).await?;
+    rows.push(("W4 events/s, appends of 100", fw, Some(floor), "≥ 0.80"));
+    let fw = three(&mut b, async |b| w5(b, false).await).await?;
+    let floor = three(&mut b, async |b| w5(b, true).await).await?;
+    rows.push((
+        "W5 events/s, read and decoded",
+        fw,
+        Some(floor),
+        "≥ 1.5 M/s",
+    ));
+    let fw = three(&mut b, async |b| w6(b).await).await?;
+    rows.push(("W6 projection events/s", fw, None, "≥ 50,000/s"));
+
+    println!();
+    println!("| workload | es-postgres median (min–max) | SQL floor median (min–max) | ratio to floor | target |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, fw, floor, target) in &rows {
+        let unit = if name.ends_with("ms") { "ms" } else { "/s" };
+        let (floor_text, ratio) = match floor {
+            Some(f) => (f.show(unit), format!("{:.2}", fw.median / f.median)),
+            None => ("—".to_owned(), "—".to_owned()),
+        };
+        println!(
+            "| {name} | {} | {floor_text} | {ratio} | {target} |",
+            fw.show(unit)
+        );
+    }
+    println!();
+    println!(
+        "3 runs of each, {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

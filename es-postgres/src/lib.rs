@@ -1,0 +1,174 @@
+//! PostgreSQL event store for the es event sourcing framework: the store to
+//! run in production.
+//!
+//! [`PgEventStore`] implements every es-core store trait
+//! ([`EventStore`](es_core::EventStore), [`SnapshotStore`](es_core::SnapshotStore),
+//! [`CheckpointStore`](es_core::CheckpointStore)) and provides [`PgTx`], the
+//! transaction that projections with a read model in the same database work
+//! in. It uses sqlx with queries checked at run time (no database is needed
+//! to build), runs its own embedded migrations ([`MIGRATOR`]) in a schema of
+//! its own (`es` unless [`PgStoreOptions::schema`] says otherwise), and
+//! passes the es-core conformance suite.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use es_core::{Aggregate, Event, Repository};
+//! use es_postgres::PgEventStore;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
+//! pub enum AccountEvent {
+//!     Deposited { amount: u64 },
+//!     Withdrawn { amount: u64 },
+//! }
+//!
+//! #[derive(Debug, Clone)]
+//! pub enum Command { Deposit(u64), Withdraw(u64) }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("insufficient funds")]
+//! pub struct InsufficientFunds;
+//!
+//! #[derive(Aggregate, Default, Clone, Serialize, Deserialize)]
+//! #[aggregate(name = "account", event = AccountEvent, command = Command, error = InsufficientFunds)]
+//! pub struct Account { balance: u64 }
+//!
+//! impl Account {
+//!     fn handle(&self, command: Command) -> Result<Vec<AccountEvent>, InsufficientFunds> {
+//!         match command {
+//!             Command::Deposit(amount) => Ok(vec![AccountEvent::Deposited { amount }]),
+//!             Command::Withdraw(amount) if amount > self.balance => Err(InsufficientFunds),
+//!             Command::Withdraw(amount) => Ok(vec![AccountEvent::Withdrawn { amount }]),
+//!         }
+//!     }
+//!     fn apply(&mut self, event: &AccountEvent) {
+//!         match event {
+//!             AccountEvent::Deposited { amount } => self.balance += amount,
+//!             AccountEvent::Withdrawn { amount } => self.balance -= amount,
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Creates the schema `es` and its tables if they are missing.
+//!     let store = PgEventStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+//!     let accounts = Repository::<Account, _>::new(store);
+//!     accounts.execute("alice", Command::Deposit(100)).await?;
+//!     accounts.execute("alice", Command::Withdraw(30)).await?;
+//!     assert_eq!(accounts.load("alice").await?.state.balance, 70);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Appends
+//!
+//! An append is one statement, so one round trip: it checks the expected
+//! version, inserts every event with one multi-row insert, and records the
+//! idempotency key, all or nothing. Versions are guarded by a unique
+//! `(stream_id, version)` key: a writer that lost a race gets
+//! [`Error::Conflict`](es_core::Error::Conflict) with the version it found.
+//! An idempotency key is stored under a unique index with what its first
+//! append wrote; a repeated key appends nothing and reports that.
+//!
+//! # The global log never skips an event
+//!
+//! Positions come from a sequence, and concurrent transactions commit out of
+//! order: position 11 may be visible while position 10 is still being
+//! written. A reader that went on from 11 would never see 10. So each row
+//! also stores its transaction id (`xid8`, from `pg_current_xact_id()`), the
+//! log's order is `(transaction id, position)`, and readers only read rows
+//! whose transaction id is below `pg_snapshot_xmin(pg_current_snapshot())`:
+//! every transaction below that bound has ended, so no row can appear behind
+//! the reader any more. A reader's cursor is one [`Position`](es_core::Position);
+//! "after position p" means after `(transaction id of p, p)`.
+//!
+//! **Order guarantee.** Every reader of the log sees the same order, every
+//! event exactly once; within one stream, in version order (an append's
+//! transaction gets its id at its insert, after the previous version
+//! committed). Positions of sequential appends grow; positions of concurrent
+//! appends may come in the log out of numeric order.
+//!
+//! **What it costs.** A reader waits for the oldest transaction still
+//! running *anywhere on the server* (transaction ids are server-wide) that
+//! had a transaction id when the reader looked. A transaction that stays
+//! open for minutes (an idle `BEGIN` in a console, a long batch job, a
+//! forgotten connection in state `idle in transaction`) holds every
+//! projection and relay back for as long. Such transactions show in
+//! `pg_stat_activity`:
+//!
+//! ```sql
+//! SELECT pid, datname, usename, state, xact_start, now() - xact_start AS age, query
+//! FROM pg_stat_activity
+//! WHERE backend_xid IS NOT NULL
+//! ORDER BY xact_start
+//! LIMIT 5;
+//! ```
+//!
+//! End them (`SELECT pg_terminate_backend(pid)`) or bound them with
+//! `idle_in_transaction_session_timeout`. Writes keep going meanwhile; only
+//! the readers wait. For the same reason a reader does not see its own
+//! append at once while another transaction is open on the server.
+//!
+//! **Waking readers.** [`EventStore::wait_for_events`](es_core::EventStore::wait_for_events)
+//! wakes at once for appends of the same process, and on a `LISTEN`ed
+//! notification for appends of other processes (sent by a background task,
+//! one `NOTIFY` per burst of appends, so that appends do not serialize on
+//! PostgreSQL's notification lock). Without a notification it looks again
+//! every [`PgStoreOptions::poll_interval`] (1 s by default), and every few
+//! milliseconds while committed events wait for an older transaction.
+//!
+//! # Projections
+//!
+//! A projection whose read model lives in this database names
+//! `type Context = PgTx;` and writes through [`PgTx::conn`]. The same
+//! projection type runs in either of two modes, with the same handler code:
+//!
+//! - **Catch-up**: an es-core [`ProjectionRunner`](es_core::ProjectionRunner)
+//!   over the store reads the log from the projection's checkpoint; each
+//!   batch's read-model writes and the checkpoint commit in one transaction,
+//!   so every event takes effect exactly once. A rebuild clears the read
+//!   model and the checkpoint in one transaction. Events a handler could not
+//!   handle are parked in the `parked_events` table (listable, retryable) by
+//!   the runner's failure policy.
+//! - **Inline**: [`PgEventStore::with_inline`] returns a store handle that
+//!   runs the projection inside each append's own transaction, after the
+//!   insert; a handler error fails the append, and a read right after a
+//!   command sees its effect. Register it on the handle every writer uses
+//!   (the [`Repository`](es_core::Repository) needs no change). Inline
+//!   projections keep no checkpoint: to move one to catch-up mode, start its
+//!   runner with a [`rebuild`](es_core::ProjectionRunner::rebuild) (or a
+//!   version bump); to move one from catch-up to inline, let the runner
+//!   catch up, stop it, then register it inline before new appends.
+//!
+//! **Leases.** [`PgEventStore::run_leased`] runs a projection in every
+//! replica that calls it with exactly one active: the active one holds a
+//! PostgreSQL advisory lock (`pg_try_advisory_lock`) on a connection of its
+//! own and commits its batches on that connection, so a runner that lost its
+//! connection can no longer commit; another replica takes the lock within
+//! its retry interval and goes on from the checkpoint.
+//!
+//! # Tables
+//!
+//! | table | holds |
+//! | --- | --- |
+//! | `events` | the log: position, transaction id, stream, version, event id, type, schema version, payload and metadata (`json`), time |
+//! | `idempotency_keys` | each idempotency key with what its append wrote |
+//! | `snapshots` | the latest snapshot of each stream |
+//! | `checkpoints` | each projection's position and version |
+//! | `parked_events` | events projections parked, with the error |
+//!
+//! Payloads and metadata are stored as `json` (kept as written; cast to
+//! `jsonb` in queries that need operators).
+
+mod inline;
+mod lease;
+mod notify;
+mod row;
+mod sql;
+mod store;
+mod tx;
+
+pub use crate::store::{PgEventStore, PgStoreOptions, MIGRATOR};
+pub use crate::tx::PgTx;

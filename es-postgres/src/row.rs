@@ -1,0 +1,348 @@
+//! Mapping between es-core's types and the store's rows and columns.
+
+use chrono::{DateTime, Utc};
+use es_core::{
+    Committed, Error, EventId, Metadata, NewEvent, Position, RecordedEvent, Result, StreamId,
+    Version,
+};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::Row;
+use uuid::Uuid;
+
+/// A stored number (`bigint`) as a version or position.
+pub(crate) fn to_u64(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| Error::Store {
+        message: format!("stored {what} {value} is negative"),
+        source: None,
+    })
+}
+
+/// A version or position as a stored number (`bigint`).
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::Store {
+        message: format!("{what} {value} does not fit a PostgreSQL bigint"),
+        source: None,
+    })
+}
+
+/// A schema version as a stored `integer`.
+pub(crate) fn to_i32(value: u32, what: &str) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Error::Store {
+        message: format!("{what} {value} does not fit a PostgreSQL integer"),
+        source: None,
+    })
+}
+
+/// The metadata column: everything but `recorded_at`, which has its own column.
+pub(crate) fn metadata_json(metadata: &Metadata) -> Result<String> {
+    let stored = Metadata {
+        recorded_at: None,
+        ..metadata.clone()
+    };
+    serde_json::to_string(&stored).map_err(|source| Error::Encode {
+        what: "event metadata".into(),
+        source,
+    })
+}
+
+/// Whether two metadata store the same (`recorded_at` has its own column).
+fn same_stored_metadata(a: &Metadata, b: &Metadata) -> bool {
+    a.correlation_id == b.correlation_id && a.causation_id == b.causation_id && a.extra == b.extra
+}
+
+/// The columns of a batch of new events, one array per column, as the
+/// append statement binds them.
+#[derive(Debug, Default)]
+pub(crate) struct EventColumns {
+    pub(crate) event_ids: Vec<Uuid>,
+    pub(crate) event_types: Vec<String>,
+    pub(crate) schema_versions: Vec<i32>,
+    pub(crate) payloads: Vec<String>,
+    pub(crate) metadata: Vec<String>,
+    pub(crate) recorded_at: Vec<DateTime<Utc>>,
+}
+
+impl EventColumns {
+    /// Encodes new events; an event without `recorded_at` gets `now`.
+    pub(crate) fn encode(events: &[NewEvent], now: DateTime<Utc>) -> Result<Self> {
+        let mut columns = Self {
+            event_ids: Vec::with_capacity(events.len()),
+            event_types: Vec::with_capacity(events.len()),
+            schema_versions: Vec::with_capacity(events.len()),
+            payloads: Vec::with_capacity(events.len()),
+            metadata: Vec::with_capacity(events.len()),
+            recorded_at: Vec::with_capacity(events.len()),
+        };
+        // The events of one command share their metadata: encode it once.
+        let mut last_metadata: Option<(&Metadata, String)> = None;
+        for event in events {
+            let metadata = match &last_metadata {
+                Some((previous, json)) if same_stored_metadata(previous, &event.metadata) => {
+                    json.clone()
+                }
+                _ => {
+                    let json = metadata_json(&event.metadata)?;
+                    last_metadata = Some((&event.metadata, json.clone()));
+                    json
+                }
+            };
+            columns.metadata.push(metadata);
+            columns.event_ids.push(event.event_id.0);
+            columns.event_types.push(event.event_type.clone());
+            columns
+                .schema_versions
+                .push(to_i32(event.schema_version, "schema version")?);
+            columns
+                .payloads
+                .push(
+                    serde_json::to_string(&event.payload).map_err(|source| Error::Encode {
+                        what: format!("payload of {}", event.event_type),
+                        source,
+                    })?,
+                );
+            columns
+                .recorded_at
+                .push(event.metadata.recorded_at.unwrap_or(now));
+        }
+        Ok(columns)
+    }
+}
+
+/// Builds the stored form of events just appended, from what was sent and
+/// the positions the store returned (for inline projections).
+pub(crate) fn recorded(
+    stream_id: &StreamId,
+    first_version: Version,
+    events: Vec<NewEvent>,
+    positions: &[i64],
+    recorded_at: &[DateTime<Utc>],
+) -> Result<Vec<RecordedEvent>> {
+    let mut out = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let position = positions.get(i).copied().ok_or_else(|| Error::Store {
+            message: format!("append to `{stream_id}` returned too few positions"),
+            source: None,
+        })?;
+        // The stored time has microseconds; give handlers what readers get.
+        let at = recorded_at
+            .get(i)
+            .copied()
+            .map_or_else(Utc::now, truncate_to_micros);
+        let mut metadata = event.metadata;
+        metadata.recorded_at = Some(at);
+        out.push(RecordedEvent {
+            position: Position(to_u64(position, "position")?),
+            stream_id: stream_id.clone(),
+            version: Version(first_version.0 + i as u64),
+            event_id: event.event_id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            payload: event.payload,
+            metadata,
+            recorded_at: at,
+        });
+    }
+    Ok(out)
+}
+
+/// A time as PostgreSQL stores it (microseconds).
+pub(crate) fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    let micros = at.timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or(at)
+}
+
+/// Wraps a driver error with what the store was doing.
+pub(crate) fn db_error(message: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+    let message = message.into();
+    move |source| Error::store(message, source)
+}
+
+/// Reads a stored event from a row whose first columns are those of
+/// `EVENT_COLUMNS`, in that order (read by index: this is the hot path of
+/// every read).
+pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
+    let get_err = |column: &'static str| {
+        move |source: sqlx::Error| {
+            Error::store(format!("cannot read event column `{column}`"), source)
+        }
+    };
+    let position: i64 = row.try_get(0).map_err(get_err("position"))?;
+    let stream_id: String = row.try_get(1).map_err(get_err("stream_id"))?;
+    let version: i64 = row.try_get(2).map_err(get_err("version"))?;
+    let event_id: Uuid = row.try_get(3).map_err(get_err("event_id"))?;
+    let event_type: String = row.try_get(4).map_err(get_err("event_type"))?;
+    let schema_version: i32 = row.try_get(5).map_err(get_err("schema_version"))?;
+    let recorded_at: DateTime<Utc> = row.try_get(8).map_err(get_err("recorded_at"))?;
+    let where_ = || format!("stream `{stream_id}` v{version} at position {position}");
+    let Json(payload): Json<Value> = row.try_get(6).map_err(|source| {
+        Error::store(format!("cannot read the payload of {}", where_()), source)
+    })?;
+    let metadata_text: &str = row.try_get(7).map_err(|source| {
+        Error::store(format!("cannot read the metadata of {}", where_()), source)
+    })?;
+    let mut metadata = if metadata_text == "{}" {
+        Metadata::default()
+    } else {
+        serde_json::from_str::<Metadata>(metadata_text).map_err(|source| {
+            Error::store(format!("cannot read the metadata of {}", where_()), source)
+        })?
+    };
+    metadata.recorded_at = Some(recorded_at);
+    Ok(RecordedEvent {
+        position: Position(to_u64(position, "position")?),
+        version: Version(to_u64(version, "version")?),
+        stream_id: StreamId::new(stream_id),
+        event_id: EventId(event_id),
+        event_type,
+        schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
+            message: format!("stored schema version {schema_version} is negative"),
+            source: None,
+        })?,
+        payload,
+        metadata,
+        recorded_at,
+    })
+}
+
+/// Reads an idempotency key's record from columns with a prefix.
+pub(crate) fn committed_from_row(row: &PgRow, prefix: &str) -> Result<Option<Committed>> {
+    let col = |name: &str| format!("{prefix}{name}");
+    let get = |name: &str| -> Result<Option<i64>> {
+        row.try_get::<Option<i64>, _>(col(name).as_str())
+            .map_err(|source| Error::store(format!("cannot read column `{}`", col(name)), source))
+    };
+    let stream_id: Option<String> = row
+        .try_get(col("stream_id").as_str())
+        .map_err(|source| Error::store("cannot read an idempotency key", source))?;
+    let Some(stream_id) = stream_id else {
+        return Ok(None);
+    };
+    let number = |name: &str| -> Result<u64> {
+        let value = get(name)?.ok_or_else(|| Error::Store {
+            message: format!("idempotency key column `{name}` is null"),
+            source: None,
+        })?;
+        to_u64(value, name)
+    };
+    Ok(Some(Committed {
+        stream_id: StreamId::new(stream_id),
+        first_version: Version(number("first_version")?),
+        last_version: Version(number("last_version")?),
+        first_position: Position(number("first_position")?),
+        last_position: Position(number("last_position")?),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn metadata_column_leaves_out_recorded_at() {
+        let mut meta = Metadata::correlated("c1").with("k", "v");
+        meta.recorded_at = Some(Utc::now());
+        let json: Value = serde_json::from_str(&metadata_json(&meta).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"correlation_id": "c1", "extra": {"k": "v"}})
+        );
+    }
+
+    #[test]
+    fn encodes_columns_in_order_and_fills_the_time() {
+        let now = Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap();
+        let earlier = Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap();
+        let mut first = NewEvent {
+            event_id: EventId::new(),
+            event_type: "A".into(),
+            schema_version: 2,
+            payload: serde_json::json!({"x": "ü"}),
+            metadata: Metadata::default(),
+        };
+        first.metadata.recorded_at = Some(earlier);
+        let second = NewEvent {
+            event_type: "B".into(),
+            schema_version: 1,
+            ..first.clone()
+        };
+        let second = NewEvent {
+            metadata: Metadata::default(),
+            ..second
+        };
+        let cols = EventColumns::encode(&[first.clone(), second], now).unwrap();
+        assert_eq!(cols.event_types, ["A", "B"]);
+        assert_eq!(cols.schema_versions, [2, 1]);
+        assert_eq!(cols.payloads[0], r#"{"x":"ü"}"#);
+        assert_eq!(cols.recorded_at, [earlier, now]);
+        assert_eq!(cols.event_ids[0], first.event_id.0);
+        assert_eq!(
+            cols.metadata,
+            ["{}", "{}"],
+            "recorded_at is not in the column"
+        );
+        let correlated = NewEvent {
+            metadata: Metadata::correlated("c9"),
+            ..first.clone()
+        };
+        let cols = EventColumns::encode(&[first, correlated.clone(), correlated], now).unwrap();
+        assert_eq!(
+            cols.metadata,
+            [
+                "{}",
+                r#"{"correlation_id":"c9"}"#,
+                r#"{"correlation_id":"c9"}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn recorded_events_get_positions_versions_and_micros() {
+        let at = Utc.timestamp_opt(1_700_000_000, 123_456_789).unwrap();
+        let event = NewEvent {
+            event_id: EventId::new(),
+            event_type: "A".into(),
+            schema_version: 1,
+            payload: serde_json::json!(1),
+            metadata: Metadata::default(),
+        };
+        let stream = StreamId::new("s-1");
+        let out = recorded(
+            &stream,
+            Version(4),
+            vec![event.clone(), event],
+            &[10, 12],
+            &[at, at],
+        )
+        .unwrap();
+        assert_eq!(out[0].position, Position(10));
+        assert_eq!(out[1].position, Position(12));
+        assert_eq!(out[1].version, Version(5));
+        assert_eq!(out[0].recorded_at.timestamp_subsec_nanos(), 123_456_000);
+        assert_eq!(out[0].metadata.recorded_at, Some(out[0].recorded_at));
+        assert!(recorded(&stream, Version(1), out_events(), &[], &[]).is_err());
+    }
+
+    fn out_events() -> Vec<NewEvent> {
+        vec![NewEvent {
+            event_id: EventId::new(),
+            event_type: "A".into(),
+            schema_version: 1,
+            payload: Value::Null,
+            metadata: Metadata::default(),
+        }]
+    }
+
+    #[test]
+    fn numbers_convert_with_context() {
+        assert_eq!(to_u64(5, "version").unwrap(), 5);
+        assert!(to_u64(-1, "version")
+            .unwrap_err()
+            .to_string()
+            .contains("version -1"));
+        assert!(to_i64(u64::MAX, "position").is_err());
+        assert!(to_i32(u32::MAX, "schema version").is_err());
+    }
+}

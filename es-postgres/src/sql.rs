@@ -1,0 +1,315 @@
+//! The store's SQL, rendered once per store for its schema.
+//!
+//! The schema name is the only part of any statement that is not a fixed
+//! string or a bind parameter; it is validated by [`validate_schema`] before
+//! it is put into SQL, and quoted as an identifier as well.
+
+use es_core::{Error, Result};
+
+/// The longest schema name accepted: it is also part of the notification
+/// channel's name, which PostgreSQL limits to 63 bytes.
+pub(crate) const MAX_SCHEMA_LEN: usize = 48;
+
+/// Checks that `schema` is a plain lower-case SQL identifier: a letter or
+/// `_`, then letters, digits or `_`, at most [`MAX_SCHEMA_LEN`] bytes, and
+/// not one of PostgreSQL's own schema names.
+pub(crate) fn validate_schema(schema: &str) -> Result<()> {
+    let invalid = |why: &str| Error::Store {
+        message: format!("invalid schema name `{schema}`: {why}"),
+        source: None,
+    };
+    let mut chars = schema.chars();
+    match chars.next() {
+        None => return Err(invalid("it is empty")),
+        Some(c) if c.is_ascii_lowercase() || c == '_' => {}
+        Some(_) => return Err(invalid("it must start with a lower-case letter or `_`")),
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(invalid(
+            "only lower-case ASCII letters, digits and `_` are allowed",
+        ));
+    }
+    if schema.len() > MAX_SCHEMA_LEN {
+        return Err(invalid(&format!(
+            "it is longer than {MAX_SCHEMA_LEN} bytes"
+        )));
+    }
+    if schema.starts_with("pg_") || schema == "information_schema" {
+        return Err(invalid("the name is reserved by PostgreSQL"));
+    }
+    Ok(())
+}
+
+/// The columns of a stored event, in the order [`crate::row`] reads them.
+/// The metadata is read as text, so that the common `{}` needs no parsing.
+const EVENT_COLUMNS: &str =
+    "position, stream_id, version, event_id, event_type, schema_version, payload, metadata::text AS metadata, recorded_at";
+
+/// The statements of one store.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) schema: String,
+    pub(crate) channel: String,
+    pub(crate) create_schema: String,
+    pub(crate) set_search_path: String,
+    pub(crate) append: String,
+    pub(crate) read_stream: String,
+    pub(crate) stream_version: String,
+    pub(crate) read_all: String,
+    pub(crate) read_all_filtered: String,
+    pub(crate) read_all_unprotected: String,
+    pub(crate) read_all_filtered_unprotected: String,
+    pub(crate) head: String,
+    pub(crate) head_unprotected: String,
+    pub(crate) probe: String,
+    pub(crate) probe_unprotected: String,
+    pub(crate) find_key: String,
+    pub(crate) notify: String,
+    pub(crate) save_snapshot: String,
+    pub(crate) load_snapshot: String,
+    pub(crate) load_checkpoint: String,
+    pub(crate) save_checkpoint: String,
+    pub(crate) park: String,
+    pub(crate) parked: String,
+    pub(crate) unpark: String,
+    pub(crate) lease_key: String,
+}
+
+/// The log cursor of "after the event at position `$1`": that event's
+/// transaction id (or the nearest earlier event's, when `$1` is not a stored
+/// position; zero before the first event) and `$1` itself.
+fn cursor(s: &str) -> String {
+    format!(
+        "(COALESCE((SELECT c.transaction_id FROM {s}.events c WHERE c.position <= $1 \
+         ORDER BY c.position DESC LIMIT 1), '0'::xid8), $1)"
+    )
+}
+
+impl Statements {
+    /// Renders every statement for a schema that passed [`validate_schema`].
+    pub(crate) fn new(schema: &str) -> Result<Self> {
+        validate_schema(schema)?;
+        let s = format!("\"{schema}\"");
+        let cols = EVENT_COLUMNS;
+        let cursor = cursor(&s);
+        // The gap-safety bound: only transactions that ended before the
+        // oldest one still running. Computed once per statement (an InitPlan).
+        let xmin = "(SELECT pg_snapshot_xmin(pg_current_snapshot()))";
+        let append = format!(
+            "WITH prior AS (
+                SELECT stream_id, first_version, last_version, first_position, last_position
+                FROM {s}.idempotency_keys WHERE $2::text IS NOT NULL AND key = $2
+            ),
+            current AS (
+                SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1
+            ),
+            inserted AS (
+                INSERT INTO {s}.events
+                    (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+                SELECT $1, current.version + e.n, e.event_id, e.event_type, e.schema_version,
+                       e.payload::json, e.metadata::json, e.recorded_at
+                FROM current,
+                     unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::timestamptz[])
+                         WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
+                WHERE ($3::int8 < 0 OR current.version = $3::int8) AND NOT EXISTS (SELECT 1 FROM prior)
+                ORDER BY e.n
+                RETURNING position, version
+            ),
+            written AS (
+                SELECT count(*) AS n, min(version) AS first_version, max(version) AS last_version,
+                       array_agg(position ORDER BY version) AS positions
+                FROM inserted
+            ),
+            remembered AS (
+                INSERT INTO {s}.idempotency_keys
+                    (key, stream_id, first_version, last_version, first_position, last_position)
+                SELECT $2, $1, w.first_version, w.last_version, w.positions[1], w.positions[w.n]
+                FROM written w WHERE $2::text IS NOT NULL AND w.n > 0
+            )
+            SELECT c.version AS current_version, w.n AS written, w.positions,
+                   p.stream_id AS prior_stream_id, p.first_version AS prior_first_version,
+                   p.last_version AS prior_last_version, p.first_position AS prior_first_position,
+                   p.last_position AS prior_last_position
+            FROM current c CROSS JOIN written w LEFT JOIN prior p ON true"
+        );
+        // Every read of the log returns the page's events and two columns,
+        // read in the same statement (so with the same snapshot): `tail`, the
+        // last event below the bound, so that the cursor moves past events a
+        // filter dropped; and `pending`, whether committed events after the
+        // cursor wait for an older transaction to end (the reader then
+        // waits briefly for it, so a short transaction elsewhere does not
+        // hide a writer's own append).
+        let numbered_cols = EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("n.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let page = |filter: &str| {
+            format!(
+                "WITH page AS (
+                    SELECT {cols}, transaction_id FROM {s}.events
+                    WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin} {filter}
+                    ORDER BY transaction_id, position LIMIT $2
+                ),
+                numbered AS (
+                    SELECT page.*, row_number() OVER (ORDER BY transaction_id, position) AS rn
+                    FROM page
+                )
+                SELECT {numbered_cols}, (
+                    SELECT t.position FROM {s}.events t
+                    WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
+                    ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1
+                ) AS tail, EXISTS (
+                    SELECT 1 FROM {s}.events p
+                    WHERE (p.transaction_id, p.position) > {cursor} AND p.transaction_id >= {xmin}
+                ) AS pending
+                FROM (SELECT) AS one LEFT JOIN numbered n ON true
+                ORDER BY n.rn"
+            )
+        };
+        let read_all = page("");
+        let read_all_filtered = page("AND event_type = ANY($3)");
+        // Without gap protection (only for the test that shows why it is
+        // needed): plain position order, which skips late commits.
+        let page_unprotected = |filter: &str| {
+            format!(
+                "WITH page AS (
+                    SELECT {cols} FROM {s}.events
+                    WHERE position > $1 {filter} ORDER BY position LIMIT $2
+                )
+                SELECT page.*, (SELECT max(position) FROM {s}.events) AS tail, false AS pending
+                FROM (SELECT) AS one LEFT JOIN page ON true ORDER BY page.position"
+            )
+        };
+        let read_all_unprotected = page_unprotected("");
+        let read_all_filtered_unprotected = page_unprotected("AND event_type = ANY($3)");
+        let head = format!(
+            "SELECT (SELECT position FROM {s}.events WHERE transaction_id < {xmin}
+                     ORDER BY transaction_id DESC, position DESC LIMIT 1) AS head,
+                    EXISTS (SELECT 1 FROM {s}.events WHERE transaction_id >= {xmin}) AS pending"
+        );
+        let head_unprotected =
+            format!("SELECT max(position) AS head, false AS pending FROM {s}.events");
+        let probe = format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}.events
+                            WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin}) AS visible,
+                    EXISTS (SELECT 1 FROM {s}.events
+                            WHERE (transaction_id, position) > {cursor}) AS pending"
+        );
+        let probe_unprotected = format!(
+            "SELECT EXISTS (SELECT 1 FROM {s}.events WHERE position > $1) AS visible, false AS pending"
+        );
+        let channel = format!("{schema}_events");
+        Ok(Self {
+            create_schema: format!("CREATE SCHEMA IF NOT EXISTS {s}"),
+            set_search_path: format!("SET search_path TO {s}"),
+            append,
+            read_stream: format!(
+                "SELECT {cols} FROM {s}.events WHERE stream_id = $1 AND version >= $2
+                 ORDER BY version LIMIT $3"
+            ),
+            stream_version: format!(
+                "SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1"
+            ),
+            read_all,
+            read_all_filtered,
+            read_all_unprotected,
+            read_all_filtered_unprotected,
+            head,
+            head_unprotected,
+            probe,
+            probe_unprotected,
+            find_key: format!(
+                "SELECT stream_id, first_version, last_version, first_position, last_position
+                 FROM {s}.idempotency_keys WHERE key = $1"
+            ),
+            // A notification needs no durability: committing it without
+            // waiting for the WAL flush keeps it off the appends' path.
+            notify: format!(
+                "SELECT set_config('synchronous_commit', 'off', true), pg_notify('{channel}', '')"
+            ),
+            save_snapshot: format!(
+                "INSERT INTO {s}.snapshots (stream_id, version, state_version, state, taken_at)
+                 VALUES ($1, $2, $3, $4::json, $5)
+                 ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version,
+                     state_version = excluded.state_version, state = excluded.state,
+                     taken_at = excluded.taken_at
+                 WHERE snapshots.version <= excluded.version
+                    OR snapshots.state_version <> excluded.state_version"
+            ),
+            load_snapshot: format!(
+                "SELECT version, state_version, state, taken_at FROM {s}.snapshots WHERE stream_id = $1"
+            ),
+            load_checkpoint: format!(
+                "SELECT position, version FROM {s}.checkpoints WHERE projection = $1"
+            ),
+            save_checkpoint: format!(
+                "INSERT INTO {s}.checkpoints (projection, position, version) VALUES ($1, $2, $3)
+                 ON CONFLICT (projection) DO UPDATE SET position = excluded.position,
+                     version = excluded.version, updated_at = now()"
+            ),
+            park: format!(
+                "INSERT INTO {s}.parked_events (projection, position, stream_id, version, event_id,
+                     event_type, schema_version, payload, metadata, recorded_at, error, parked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json, $9::json, $10, $11, $12)
+                 ON CONFLICT (projection, position) DO UPDATE SET stream_id = excluded.stream_id,
+                     version = excluded.version, event_id = excluded.event_id,
+                     event_type = excluded.event_type, schema_version = excluded.schema_version,
+                     payload = excluded.payload, metadata = excluded.metadata,
+                     recorded_at = excluded.recorded_at, error = excluded.error,
+                     parked_at = excluded.parked_at"
+            ),
+            parked: format!(
+                "SELECT {cols}, error, parked_at FROM {s}.parked_events WHERE projection = $1
+                 ORDER BY position"
+            ),
+            unpark: format!("DELETE FROM {s}.parked_events WHERE projection = $1 AND position = $2"),
+            lease_key: format!("{schema}.projection."),
+            channel,
+            schema: schema.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["es", "orders_2", "_private", "a"] {
+            assert!(validate_schema(good).is_ok(), "{good}");
+        }
+        let too_long = "a".repeat(MAX_SCHEMA_LEN + 1);
+        for bad in [
+            "",
+            "Es",
+            "1abc",
+            "es-events",
+            "es events",
+            "es\"; DROP TABLE x; --",
+            "é",
+            "pg_catalog",
+            "information_schema",
+            too_long.as_str(),
+        ] {
+            let err = validate_schema(bad).expect_err(bad);
+            assert!(err.to_string().contains("invalid schema name"), "{err}");
+        }
+        assert!(validate_schema(&"a".repeat(MAX_SCHEMA_LEN)).is_ok());
+    }
+
+    #[test]
+    fn statements_name_the_schema_quoted() {
+        let sql = Statements::new("shop").unwrap();
+        assert!(sql.append.contains("INSERT INTO \"shop\".events"));
+        assert!(sql
+            .read_all
+            .contains("pg_snapshot_xmin(pg_current_snapshot())"));
+        assert!(sql.read_all.contains("ORDER BY transaction_id, position"));
+        assert!(!sql.read_all_unprotected.contains("pg_snapshot_xmin"));
+        assert_eq!(sql.channel, "shop_events");
+        assert!(sql.notify.contains("pg_notify('shop_events'"));
+        assert!(Statements::new("Shop").is_err());
+    }
+}

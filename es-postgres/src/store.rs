@@ -1,0 +1,874 @@
+//! The PostgreSQL event store.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use es_core::{
+    AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, Error, EventFilter,
+    EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Result,
+    Snapshot, SnapshotStore, StreamId, Version,
+};
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::time::Instant;
+
+use crate::inline::{InlineHandler, InlineProjection};
+use crate::lease::Lease;
+use crate::notify::Signals;
+use crate::row::{
+    committed_from_row, db_error, event_from_row, metadata_json, recorded, to_i32, to_i64, to_u64,
+    EventColumns,
+};
+use crate::sql::Statements;
+use crate::tx::PgTx;
+
+/// The store's migrations, embedded in the binary. [`PgEventStore`] runs
+/// them on open, inside its schema; they are exposed for tools that want to
+/// run or inspect them separately.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// How many times an append with [`ExpectedVersion::Any`] is tried again
+/// when a concurrent append took the same version.
+const ANY_VERSION_ATTEMPTS: usize = 16;
+
+/// How long a read of the log's end waits for older transactions to end
+/// when committed events wait behind them.
+const PENDING_WAIT: Duration = Duration::from_millis(100);
+
+/// Options of a [`PgEventStore`]: its schema, the polling fallback of
+/// waiting readers, and the pool built by [`PgStoreOptions::connect`].
+///
+/// ```
+/// use std::time::Duration;
+/// use es_postgres::PgStoreOptions;
+///
+/// let options = PgStoreOptions::new()
+///     .schema("orders")
+///     .poll_interval(Duration::from_millis(500))
+///     .max_connections(20);
+/// assert_eq!(options.schema_name(), "orders");
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgStoreOptions {
+    schema: String,
+    poll_interval: Duration,
+    max_connections: u32,
+    gap_protection: bool,
+}
+
+impl Default for PgStoreOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgStoreOptions {
+    /// Schema `es`, a poll every second when no notification came, pools of
+    /// 10 connections.
+    pub fn new() -> Self {
+        Self {
+            schema: "es".to_owned(),
+            poll_interval: Duration::from_secs(1),
+            max_connections: 10,
+            gap_protection: true,
+        }
+    }
+
+    /// The schema that holds the store's tables (created if missing). It
+    /// must be a plain lower-case identifier (`[a-z_][a-z0-9_]*`, at most
+    /// 48 bytes); another name is refused when the store opens.
+    #[must_use]
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The schema name set.
+    pub fn schema_name(&self) -> &str {
+        &self.schema
+    }
+
+    /// How often a waiting reader looks for new events when no notification
+    /// arrives (the fallback for a missed notification).
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The size of the pool that [`connect`](Self::connect) builds.
+    #[must_use]
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Turns the gap protection of the global log off: readers then follow
+    /// plain position order and skip events whose transaction commits after
+    /// a later position became visible. Exists only so a test can show that
+    /// the gap-safety test catches such skips; never use it.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn without_gap_protection_for_tests(mut self) -> Self {
+        self.gap_protection = false;
+        self
+    }
+
+    /// Builds a pool for `url` and opens the store on it.
+    pub async fn connect(self, url: &str) -> Result<PgEventStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .connect(url)
+            .await
+            .map_err(db_error("cannot connect to PostgreSQL"))?;
+        self.open(pool).await
+    }
+
+    /// Opens the store on a pool: creates the schema if missing and runs the
+    /// migrations in it.
+    pub async fn open(self, pool: PgPool) -> Result<PgEventStore> {
+        let sql = Statements::new(&self.schema)?;
+        migrate(&pool, &sql).await?;
+        Ok(PgEventStore {
+            shared: Arc::new(Shared {
+                notify_sql: Arc::from(sql.notify.as_str()),
+                pool,
+                sql,
+                poll_interval: self.poll_interval,
+                gap_protection: self.gap_protection,
+                signals: Signals::new(),
+            }),
+            inline: Arc::from(Vec::new()),
+            lease: None,
+        })
+    }
+}
+
+/// Creates the schema and runs the migrations in it, on a connection of its
+/// own that is closed afterwards (it had its `search_path` changed).
+async fn migrate(pool: &PgPool, sql: &Statements) -> Result<()> {
+    let schema = &sql.schema;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(db_error("cannot connect to PostgreSQL"))?;
+    conn.close_on_drop();
+    // Two processes opening the same new schema take turns.
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('es-postgres migrate ' || $1, 0))")
+        .bind(schema)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error(format!(
+            "cannot lock schema `{schema}` to migrate it"
+        )))?;
+    sqlx::query(&sql.create_schema)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error(format!("cannot create schema `{schema}`")))?;
+    sqlx::query(&sql.set_search_path)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error(format!("cannot select schema `{schema}`")))?;
+    MIGRATOR
+        .run_direct(&mut *conn)
+        .await
+        .map_err(|source| Error::store(format!("cannot migrate schema `{schema}`"), source))?;
+    Ok(())
+}
+
+/// The PostgreSQL event store: events, snapshots, checkpoints, parked events
+/// and the transaction context of projections, in one schema.
+///
+/// Cloning gives another handle to the same store (the pool is shared).
+/// See the [crate docs](crate) for the global log's order and its cost.
+#[derive(Clone)]
+pub struct PgEventStore {
+    shared: Arc<Shared>,
+    inline: Arc<[Arc<dyn InlineHandler>]>,
+    lease: Option<Arc<Lease>>,
+}
+
+struct Shared {
+    pool: PgPool,
+    sql: Statements,
+    notify_sql: Arc<str>,
+    poll_interval: Duration,
+    gap_protection: bool,
+    signals: Signals,
+}
+
+impl fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.shared.sql.schema)
+            .field(
+                "inline",
+                &self.inline.iter().map(|i| i.name()).collect::<Vec<_>>(),
+            )
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the append statement reported.
+struct AppendRow {
+    current: u64,
+    positions: Vec<i64>,
+    prior: Option<Committed>,
+}
+
+impl PgEventStore {
+    /// Opens the store in schema `es` with a pool of 10 connections to `url`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        PgStoreOptions::new().connect(url).await
+    }
+
+    /// Opens the store in schema `es` on a pool.
+    pub async fn open(pool: PgPool) -> Result<Self> {
+        PgStoreOptions::new().open(pool).await
+    }
+
+    /// Options to open a store with another schema, pool size or polling
+    /// interval.
+    pub fn options() -> PgStoreOptions {
+        PgStoreOptions::new()
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// The schema of the store's tables.
+    pub fn schema(&self) -> &str {
+        &self.shared.sql.schema
+    }
+
+    /// The channel that `NOTIFY` announces new events on.
+    pub fn channel(&self) -> &str {
+        &self.shared.sql.channel
+    }
+
+    pub(crate) fn sql(&self) -> &Statements {
+        &self.shared.sql
+    }
+
+    /// Opens a transaction: the context of projections with
+    /// `type Context = PgTx`. On a leased handle (see
+    /// [`try_lease`](Self::try_lease)) the transaction runs on the lease's
+    /// connection, and fails once the lease is lost.
+    pub async fn begin(&self) -> Result<PgTx> {
+        if let Some(lease) = &self.lease {
+            return lease.begin().await;
+        }
+        let tx = self
+            .shared
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("cannot begin a transaction"))?;
+        Ok(PgTx::new(tx))
+    }
+
+    /// This store with `projection` applied inline: every append through
+    /// the returned handle (and its clones) runs the projection's handler on
+    /// the appended events of the types it handles, in the append's own
+    /// transaction, after the events are inserted. A handler error fails the
+    /// append and writes nothing; a read right after a command sees its
+    /// effect. The same projection type can run in catch-up mode instead
+    /// (with a [`ProjectionRunner`](es_core::ProjectionRunner)); see the
+    /// crate docs on switching between the modes.
+    #[must_use]
+    pub fn with_inline<P>(&self, projection: P) -> Self
+    where
+        P: es_core::Projection<Context = PgTx>,
+    {
+        let mut inline: Vec<Arc<dyn InlineHandler>> = self.inline.iter().cloned().collect();
+        inline.push(Arc::new(InlineProjection::new(projection)));
+        Self {
+            shared: Arc::clone(&self.shared),
+            inline: Arc::from(inline),
+            lease: self.lease.clone(),
+        }
+    }
+
+    /// This store with a lease: projection transactions run on its connection.
+    pub(crate) fn leased(&self, lease: Arc<Lease>) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            inline: Arc::clone(&self.inline),
+            lease: Some(lease),
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Option<&Lease> {
+        self.lease.as_deref()
+    }
+
+    pub(crate) fn lease_arc(&self) -> Option<Arc<Lease>> {
+        self.lease.clone()
+    }
+
+    /// The names of the projections applied inline by this handle.
+    pub fn inline_projections(&self) -> Vec<&'static str> {
+        self.inline.iter().map(|i| i.name()).collect()
+    }
+
+    async fn append_once(
+        &self,
+        stream_id: &StreamId,
+        expected: i64,
+        key: Option<&str>,
+        columns: &EventColumns,
+        inline: &[&Arc<dyn InlineHandler>],
+        events: &[NewEvent],
+    ) -> std::result::Result<AppendRow, AppendFailure> {
+        let query = sqlx::query(&self.shared.sql.append)
+            .bind(stream_id.as_str())
+            .bind(key)
+            .bind(expected)
+            .bind(&columns.event_ids)
+            .bind(&columns.event_types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata)
+            .bind(&columns.recorded_at);
+        if inline.is_empty() {
+            let row = query
+                .fetch_one(&self.shared.pool)
+                .await
+                .map_err(AppendFailure::Db)?;
+            return append_row(&row).map_err(AppendFailure::Other);
+        }
+        // Inline projections: the insert is the transaction's first write,
+        // so the transaction id (the log order) is taken at the insert.
+        let tx = self.shared.pool.begin().await.map_err(AppendFailure::Db)?;
+        let mut tx = PgTx::new(tx);
+        let row = query
+            .fetch_one(tx.conn())
+            .await
+            .map_err(AppendFailure::Db)?;
+        let row = append_row(&row).map_err(AppendFailure::Other)?;
+        if row.prior.is_some() || row.positions.is_empty() {
+            return Ok(row);
+        }
+        let stored = recorded(
+            stream_id,
+            Version(row.current + 1),
+            events.to_vec(),
+            &row.positions,
+            &columns.recorded_at,
+        )
+        .map_err(AppendFailure::Other)?;
+        for handler in inline {
+            for event in stored.iter().filter(|e| handler.wants(&e.event_type)) {
+                handler.handle(&mut tx, event).await.map_err(|source| {
+                    AppendFailure::Other(Error::Projection {
+                        projection: handler.name().to_owned(),
+                        position: event.position,
+                        stream_id: event.stream_id.clone(),
+                        version: event.version,
+                        event_type: event.event_type.clone(),
+                        source,
+                    })
+                })?;
+            }
+        }
+        tx.into_inner().commit().await.map_err(AppendFailure::Db)?;
+        Ok(row)
+    }
+
+    async fn read_all_impl(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<LogSlice> {
+        let mut slice = LogSlice {
+            events: Vec::new(),
+            next: after,
+        };
+        if limit == 0 {
+            return Ok(slice);
+        }
+        let after_i64 = to_i64(after.0, "position")?;
+        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = &self.shared.sql;
+        let protected = self.shared.gap_protection;
+        let context = || format!("cannot read the global log after position {after}");
+        let statement = match (&filter.event_types, protected) {
+            (None, true) => &sql.read_all,
+            (None, false) => &sql.read_all_unprotected,
+            (Some(_), true) => &sql.read_all_filtered,
+            (Some(_), false) => &sql.read_all_filtered_unprotected,
+        };
+        let mut waited = Duration::ZERO;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let mut query = sqlx::query(statement).bind(after_i64).bind(limit_i64);
+            if let Some(types) = &filter.event_types {
+                query = query.bind(types);
+            }
+            let rows = query
+                .fetch_all(&self.shared.pool)
+                .await
+                .map_err(db_error(context()))?;
+            let mut tail = None;
+            let mut pending = false;
+            slice.events.clear();
+            for row in &rows {
+                tail = row
+                    .try_get::<Option<i64>, _>("tail")
+                    .map_err(db_error(context()))?;
+                pending = row.try_get("pending").map_err(db_error(context()))?;
+                let position: Option<i64> = row.try_get(0).map_err(db_error(context()))?;
+                if position.is_some() {
+                    slice.events.push(event_from_row(row)?);
+                }
+            }
+            if slice.events.len() < limit && pending && waited < PENDING_WAIT {
+                // Committed events wait for an older transaction, most
+                // often one that is about to end: give it a moment.
+                tokio::time::sleep(backoff).await;
+                waited += backoff;
+                backoff = (backoff * 2).min(Duration::from_millis(20));
+                continue;
+            }
+            slice.next = match (slice.events.last(), tail) {
+                (Some(last), _) if slice.events.len() >= limit => last.position,
+                (_, Some(tail)) => Position(to_u64(tail, "position")?),
+                (Some(last), None) => last.position,
+                (None, None) => after,
+            };
+            return Ok(slice);
+        }
+    }
+
+    /// Whether events after `after` are readable now, and whether committed
+    /// events after it wait for older transactions to end.
+    async fn probe(&self, after: Position) -> Result<(bool, bool)> {
+        let sql = &self.shared.sql;
+        let statement = if self.shared.gap_protection {
+            &sql.probe
+        } else {
+            &sql.probe_unprotected
+        };
+        let row = sqlx::query(statement)
+            .bind(to_i64(after.0, "position")?)
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(db_error(format!(
+                "cannot look for events after position {after}"
+            )))?;
+        let visible: bool = row
+            .try_get("visible")
+            .map_err(db_error("cannot read the probe"))?;
+        let pending: bool = row
+            .try_get("pending")
+            .map_err(db_error("cannot read the probe"))?;
+        Ok((visible, pending))
+    }
+}
+
+enum AppendFailure {
+    Db(sqlx::Error),
+    Other(Error),
+}
+
+fn append_row(row: &PgRow) -> Result<AppendRow> {
+    let err = |source| Error::store("cannot read the append's result", source);
+    let current: i64 = row.try_get("current_version").map_err(err)?;
+    let positions: Option<Vec<i64>> = row.try_get("positions").map_err(err)?;
+    Ok(AppendRow {
+        current: to_u64(current, "version")?,
+        positions: positions.unwrap_or_default(),
+        prior: committed_from_row(row, "prior_")?,
+    })
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
+}
+
+/// The outcome of an append whose idempotency key was used before.
+fn remembered(key: &str, first: Committed, stream_id: &StreamId) -> Result<AppendOutcome> {
+    if &first.stream_id != stream_id {
+        return Err(Error::IdempotencyKeyReused {
+            key: key.to_owned(),
+            used_for: first.stream_id,
+            stream_id: stream_id.clone(),
+        });
+    }
+    Ok(AppendOutcome::Duplicate(first))
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendOutcome> {
+        if events.is_empty() {
+            return Err(Error::EmptyAppend {
+                stream_id: stream_id.clone(),
+            });
+        }
+        let columns = EventColumns::encode(&events, Utc::now())?;
+        let expected_param = match expected {
+            ExpectedVersion::Any => -1,
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(v) => to_i64(v.0, "expected version")?,
+        };
+        let inline: Vec<&Arc<dyn InlineHandler>> = self
+            .inline
+            .iter()
+            .filter(|h| events.iter().any(|e| h.wants(&e.event_type)))
+            .collect();
+        let key = options.idempotency_key.as_deref();
+        let count = events.len();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self
+                .append_once(stream_id, expected_param, key, &columns, &inline, &events)
+                .await
+            {
+                Ok(row) => {
+                    if let (Some(first), Some(key)) = (row.prior, key) {
+                        return remembered(key, first, stream_id);
+                    }
+                    let (Some(&first_position), Some(&last_position)) =
+                        (row.positions.first(), row.positions.last())
+                    else {
+                        return Err(Error::Conflict {
+                            stream_id: stream_id.clone(),
+                            expected,
+                            actual: Version(row.current),
+                        });
+                    };
+                    let committed = Committed {
+                        stream_id: stream_id.clone(),
+                        first_version: Version(row.current + 1),
+                        last_version: Version(row.current + count as u64),
+                        first_position: Position(to_u64(first_position, "position")?),
+                        last_position: Position(to_u64(last_position, "position")?),
+                    };
+                    self.shared
+                        .signals
+                        .appended(&self.shared.pool, &self.shared.notify_sql);
+                    return Ok(AppendOutcome::Appended(committed));
+                }
+                Err(AppendFailure::Other(error)) => return Err(error),
+                Err(AppendFailure::Db(error)) => error,
+            };
+            if !is_unique_violation(&failure) {
+                return Err(Error::store(
+                    format!(
+                        "cannot append {count} events to stream `{stream_id}` (expected {expected})"
+                    ),
+                    failure,
+                ));
+            }
+            // A concurrent append won: with the same key, report it; else
+            // it took the version.
+            if let Some(key) = key {
+                if let Some(first) = self.find_idempotency_key(key).await? {
+                    return remembered(key, first, stream_id);
+                }
+            }
+            if expected == ExpectedVersion::Any && attempt < ANY_VERSION_ATTEMPTS {
+                continue;
+            }
+            let actual = self.stream_version(stream_id).await?;
+            return Err(Error::Conflict {
+                stream_id: stream_id.clone(),
+                expected,
+                actual,
+            });
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&self.shared.sql.read_stream)
+            .bind(stream_id.as_str())
+            .bind(to_i64(from.0, "version")?)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.shared.pool)
+            .await
+            .map_err(db_error(format!(
+                "cannot read stream `{stream_id}` from version {from}"
+            )))?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {
+        let version: i64 = sqlx::query_scalar(&self.shared.sql.stream_version)
+            .bind(stream_id.as_str())
+            .fetch_one(&self.shared.pool)
+            .await
+            .map_err(db_error(format!(
+                "cannot read the version of stream `{stream_id}`"
+            )))?;
+        Ok(Version(to_u64(version, "version")?))
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<LogSlice> {
+        self.read_all_impl(after, filter, limit).await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        let sql = &self.shared.sql;
+        let statement = if self.shared.gap_protection {
+            &sql.head
+        } else {
+            &sql.head_unprotected
+        };
+        let mut waited = Duration::ZERO;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let row = sqlx::query(statement)
+                .fetch_one(&self.shared.pool)
+                .await
+                .map_err(db_error("cannot read the head of the global log"))?;
+            let head: Option<i64> = row
+                .try_get("head")
+                .map_err(db_error("cannot read the head of the global log"))?;
+            let pending: bool = row
+                .try_get("pending")
+                .map_err(db_error("cannot read the head of the global log"))?;
+            if pending && waited < PENDING_WAIT {
+                tokio::time::sleep(backoff).await;
+                waited += backoff;
+                backoff = (backoff * 2).min(Duration::from_millis(20));
+                continue;
+            }
+            return match head {
+                Some(p) => Ok(Position(to_u64(p, "position")?)),
+                None => Ok(Position::START),
+            };
+        }
+    }
+
+    async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut wake = self
+            .shared
+            .signals
+            .subscribe(&self.shared.pool, &self.shared.sql.channel);
+        let mut backoff = Duration::from_millis(2);
+        loop {
+            wake.borrow_and_update();
+            let (visible, pending) = self.probe(after).await?;
+            if visible {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let remaining = deadline - now;
+            if pending {
+                // Committed events wait for an older transaction to end,
+                // which sends no notification: look again soon.
+                tokio::time::sleep(backoff.min(remaining)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            } else {
+                backoff = Duration::from_millis(2);
+                let wait = remaining.min(self.shared.poll_interval);
+                // A closed channel cannot happen while the store lives; the
+                // timeout bounds the wait either way.
+                let _ = tokio::time::timeout(wait, wake.changed()).await;
+            }
+        }
+    }
+
+    async fn find_idempotency_key(&self, key: &str) -> Result<Option<Committed>> {
+        let row = sqlx::query(&self.shared.sql.find_key)
+            .bind(key)
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(db_error(format!("cannot look up idempotency key `{key}`")))?;
+        match row {
+            Some(row) => committed_from_row(&row, ""),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PgEventStore {
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        let stream_id = &snapshot.stream_id;
+        let state = serde_json::to_string(&snapshot.state).map_err(|source| Error::Encode {
+            what: format!("snapshot of `{stream_id}`"),
+            source,
+        })?;
+        sqlx::query(&self.shared.sql.save_snapshot)
+            .bind(stream_id.as_str())
+            .bind(to_i64(snapshot.version.0, "version")?)
+            .bind(to_i32(snapshot.state_version, "state version")?)
+            .bind(state)
+            .bind(snapshot.taken_at)
+            .execute(&self.shared.pool)
+            .await
+            .map_err(db_error(format!(
+                "cannot save the snapshot of `{stream_id}` at version {}",
+                snapshot.version
+            )))?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
+        let context = || format!("cannot load the snapshot of `{stream_id}`");
+        let row = sqlx::query(&self.shared.sql.load_snapshot)
+            .bind(stream_id.as_str())
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(db_error(context()))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let version: i64 = row.try_get("version").map_err(db_error(context()))?;
+        let state_version: i32 = row.try_get("state_version").map_err(db_error(context()))?;
+        let Json(state): Json<Value> = row.try_get("state").map_err(db_error(context()))?;
+        let taken_at: DateTime<Utc> = row.try_get("taken_at").map_err(db_error(context()))?;
+        Ok(Some(Snapshot {
+            stream_id: stream_id.clone(),
+            version: Version(to_u64(version, "version")?),
+            state_version: u32::try_from(state_version).unwrap_or(0),
+            state,
+            taken_at,
+        }))
+    }
+}
+
+/// Saves a checkpoint on a connection (the pool's, or a projection's transaction).
+pub(crate) async fn save_checkpoint_on(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    projection: &str,
+    checkpoint: Checkpoint,
+) -> Result<()> {
+    sqlx::query(&sql.save_checkpoint)
+        .bind(projection)
+        .bind(to_i64(checkpoint.position.0, "position")?)
+        .bind(to_i32(checkpoint.version, "projection version")?)
+        .execute(conn)
+        .await
+        .map_err(db_error(format!(
+            "cannot save the checkpoint of projection `{projection}` at position {}",
+            checkpoint.position
+        )))?;
+    Ok(())
+}
+
+#[async_trait]
+impl CheckpointStore for PgEventStore {
+    async fn load_checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>> {
+        let context = || format!("cannot load the checkpoint of projection `{projection}`");
+        let row = sqlx::query(&self.shared.sql.load_checkpoint)
+            .bind(projection)
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(db_error(context()))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let position: i64 = row.try_get("position").map_err(db_error(context()))?;
+        let version: i32 = row.try_get("version").map_err(db_error(context()))?;
+        Ok(Some(Checkpoint {
+            position: Position(to_u64(position, "position")?),
+            version: u32::try_from(version).unwrap_or(0),
+        }))
+    }
+
+    async fn save_checkpoint(&self, projection: &str, checkpoint: Checkpoint) -> Result<()> {
+        let mut conn = self.shared.pool.acquire().await.map_err(db_error(format!(
+            "cannot save the checkpoint of projection `{projection}`"
+        )))?;
+        save_checkpoint_on(&mut conn, &self.shared.sql, projection, checkpoint).await
+    }
+
+    async fn park(&self, parked: ParkedEvent) -> Result<()> {
+        let event = &parked.event;
+        let payload = serde_json::to_string(&event.payload).map_err(|source| Error::Encode {
+            what: format!("payload of parked {}", event.event_type),
+            source,
+        })?;
+        sqlx::query(&self.shared.sql.park)
+            .bind(&parked.projection)
+            .bind(to_i64(event.position.0, "position")?)
+            .bind(event.stream_id.as_str())
+            .bind(to_i64(event.version.0, "version")?)
+            .bind(event.event_id.0)
+            .bind(&event.event_type)
+            .bind(to_i32(event.schema_version, "schema version")?)
+            .bind(payload)
+            .bind(metadata_json(&event.metadata)?)
+            .bind(event.recorded_at)
+            .bind(&parked.error)
+            .bind(parked.parked_at)
+            .execute(&self.shared.pool)
+            .await
+            .map_err(db_error(format!(
+                "cannot park the event at position {} (stream `{}` v{}) for projection `{}`",
+                event.position, event.stream_id, event.version, parked.projection
+            )))?;
+        Ok(())
+    }
+
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
+        let context = || format!("cannot list the parked events of projection `{projection}`");
+        let rows = sqlx::query(&self.shared.sql.parked)
+            .bind(projection)
+            .fetch_all(&self.shared.pool)
+            .await
+            .map_err(db_error(context()))?;
+        rows.iter()
+            .map(|row| {
+                Ok(ParkedEvent {
+                    projection: projection.to_owned(),
+                    event: event_from_row(row)?,
+                    error: row.try_get("error").map_err(db_error(context()))?,
+                    parked_at: row.try_get("parked_at").map_err(db_error(context()))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn unpark(&self, projection: &str, position: Position) -> Result<bool> {
+        let done = sqlx::query(&self.shared.sql.unpark)
+            .bind(projection)
+            .bind(to_i64(position.0, "position")?)
+            .execute(&self.shared.pool)
+            .await
+            .map_err(db_error(format!(
+                "cannot unpark position {position} of projection `{projection}`"
+            )))?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,295 @@
+//! Helpers shared by the PostgreSQL tests: a fresh schema per test on the
+//! local server (127.0.0.1:5432, user `postgres`, database `test`), dropped
+//! when the test ends.
+//!
+//! When the server cannot be reached, tests fail with the reason when
+//! `CI=true`, and are skipped with the reason printed otherwise.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+pub mod domain;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Once};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use es_core::{
+    AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, EventFilter, EventStore,
+    ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Result, Snapshot,
+    SnapshotStore, StreamId, Version,
+};
+use es_postgres::{PgEventStore, PgStoreOptions};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// The local test server, or `ES_TEST_PG_URL` (which must also point at
+/// 127.0.0.1).
+pub fn url() -> String {
+    std::env::var("ES_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A pool to the local server, or `None` (with the reason printed) when it
+/// is missing outside CI. In CI a missing server fails the test.
+pub async fn server(max_connections: u32) -> Option<PgPool> {
+    match connect(max_connections).await {
+        Ok(pool) => Some(pool),
+        Err(error) if in_ci() => {
+            panic!(
+                "PostgreSQL is required at {} when CI=true, and it is unreachable: {error}",
+                url()
+            )
+        }
+        Err(error) => {
+            eprintln!(
+                "SKIPPED: PostgreSQL is unreachable at {} ({error}); start it to run this test",
+                url()
+            );
+            None
+        }
+    }
+}
+
+/// A pool to the test server. One plain connection first, so that a
+/// missing server fails at once instead of after the pool's retries.
+async fn connect(max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    PgConnection::connect(&url()).await?.close().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url())
+        .await?;
+    clean_stale_schemas(&pool).await;
+    Ok(pool)
+}
+
+/// A unique schema name: `es_t<pid>_<n>`.
+pub fn unique_schema() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "es_t{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Drops, once per process, test schemas left by processes that are gone
+/// (a test run that was killed before it could clean up).
+async fn clean_stale_schemas(pool: &PgPool) {
+    static ONCE: Once = Once::new();
+    let mut first = false;
+    ONCE.call_once(|| first = true);
+    if !first {
+        return;
+    }
+    let Ok(names) = sqlx::query_scalar::<_, String>(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'es\\_t%\\_%'",
+    )
+    .fetch_all(pool)
+    .await
+    else {
+        return;
+    };
+    for name in names {
+        let Some(pid) = name
+            .strip_prefix("es_t")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive =
+            pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .execute(pool)
+                .await;
+        }
+    }
+}
+
+/// Drops a schema on a connection of its own.
+pub async fn drop_schema(schema: &str) {
+    if let Ok(mut conn) = PgConnection::connect(&url()).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+    }
+}
+
+/// Opens a store in a fresh schema, runs `test` with it, then drops the
+/// schema (also when the test panics, whose panic is then resumed). Skips
+/// (returns) when the server is missing outside CI.
+pub async fn with_store<F, Fut>(options: PgStoreOptions, max_connections: u32, test: F)
+where
+    F: FnOnce(PgEventStore) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(pool) = server(max_connections).await else {
+        return;
+    };
+    let schema = unique_schema();
+    let store = options
+        .schema(schema.clone())
+        .open(pool.clone())
+        .await
+        .expect("open the store in a fresh schema");
+    let outcome = tokio::spawn(test(store)).await;
+    pool.close().await;
+    drop_schema(&schema).await;
+    if let Err(error) = outcome {
+        match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(error) => panic!("test task failed: {error}"),
+        }
+    }
+}
+
+/// Makes the tests of one binary that hold it run one at a time.
+pub async fn serial() -> tokio::sync::OwnedMutexGuard<()> {
+    static SERIAL: LazyLock<Arc<tokio::sync::Mutex<()>>> = LazyLock::new(Arc::default);
+    Arc::clone(&SERIAL).lock_owned().await
+}
+
+/// Drops its schema when the last clone of the store that holds it is gone,
+/// then lets the next serial test go.
+#[derive(Debug)]
+struct SchemaGuard(String, Option<tokio::sync::OwnedMutexGuard<()>>);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        let schema = self.0.clone();
+        // Drop runs inside the test's runtime: clean up from a thread with
+        // a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(drop_schema(&schema));
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A [`PgEventStore`] in a fresh schema that is dropped with the last clone:
+/// the store the conformance suite runs against.
+#[derive(Clone, Debug)]
+pub struct TestStore {
+    pub store: PgEventStore,
+    guard: Arc<SchemaGuard>,
+}
+
+impl TestStore {
+    /// A store in a fresh schema, holding `serial` (if given) until the
+    /// schema is dropped. Panics when the server is missing: the
+    /// conformance suite's factory cannot skip.
+    pub async fn new(serial: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
+        let pool = connect(12).await.unwrap_or_else(|error| {
+            panic!(
+                "the conformance suite needs PostgreSQL at {} (user postgres, trust auth): {error}",
+                url()
+            )
+        });
+        let schema = unique_schema();
+        let store = PgStoreOptions::new()
+            .schema(schema.clone())
+            .open(pool)
+            .await
+            .expect("open the store in a fresh schema");
+        Self {
+            store,
+            guard: Arc::new(SchemaGuard(schema, serial)),
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for TestStore {
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendOutcome> {
+        self.store
+            .append(stream_id, expected, events, options)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.store.read_stream(stream_id, from, limit).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {
+        self.store.stream_version(stream_id).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<LogSlice> {
+        self.store.read_all(after, filter, limit).await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        self.store.head().await
+    }
+
+    async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<bool> {
+        self.store.wait_for_events(after, timeout).await
+    }
+
+    async fn find_idempotency_key(&self, key: &str) -> Result<Option<Committed>> {
+        self.store.find_idempotency_key(key).await
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for TestStore {
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.store.save_snapshot(snapshot).await
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
+        self.store.load_snapshot(stream_id).await
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for TestStore {
+    async fn load_checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>> {
+        self.store.load_checkpoint(projection).await
+    }
+
+    async fn save_checkpoint(&self, projection: &str, checkpoint: Checkpoint) -> Result<()> {
+        self.store.save_checkpoint(projection, checkpoint).await
+    }
+
+    async fn park(&self, parked: ParkedEvent) -> Result<()> {
+        self.store.park(parked).await
+    }
+
+    async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
+        self.store.parked(projection).await
+    }
+
+    async fn unpark(&self, projection: &str, position: Position) -> Result<bool> {
+        self.store.unpark(projection, position).await
+    }
+}

@@ -1,0 +1,216 @@
+//! Faults: the backend of an append is terminated (`pg_terminate_backend`)
+//! in the middle of the append. The error surfaces, nothing of the batch is
+//! written, and the store goes on working with new connections.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use es_core::testkit::conformance::new_event;
+use es_core::{
+    AppendOptions, BoxError, EventFilter, EventStore, ExpectedVersion, NewEvent, Position,
+    Projection, RecordedEvent, StreamId, Version,
+};
+use es_postgres::{PgEventStore, PgStoreOptions, PgTx};
+use serde_json::json;
+
+/// Records the append transaction's backend and then stalls, so that the
+/// test can kill the backend while the events are inserted but not committed.
+struct Stall {
+    backend: Arc<Mutex<Option<i32>>>,
+}
+
+#[async_trait]
+impl Projection for Stall {
+    type Context = PgTx;
+    const NAME: &'static str = "stall";
+
+    fn event_types() -> Option<Vec<String>> {
+        Some(vec!["Stall".to_owned()])
+    }
+
+    async fn handle(&self, tx: &mut PgTx, _event: &RecordedEvent) -> Result<(), BoxError> {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(tx.conn())
+            .await?;
+        *self.backend.lock().map_err(|e| e.to_string())? = Some(pid);
+        // Stay in the transaction until the backend is killed (bounded).
+        sqlx::query("SELECT pg_sleep(20)")
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, _tx: &mut PgTx) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+fn batch(kind: &str, n: usize, bytes: usize) -> Vec<NewEvent> {
+    let filler = "x".repeat(bytes);
+    (0..n)
+        .map(|i| new_event(kind, json!({ "i": i, "filler": filler })))
+        .collect()
+}
+
+async fn terminate(store: &PgEventStore, pid: i32) -> bool {
+    sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(store.pool())
+        .await
+        .expect("pg_terminate_backend")
+}
+
+async fn assert_nothing_written(store: &PgEventStore, stream: &StreamId, kind: &str) {
+    assert_eq!(
+        store.stream_version(stream).await.unwrap(),
+        Version::INITIAL,
+        "nothing half-written in `{stream}`"
+    );
+    let slice = store
+        .read_all(Position::START, &EventFilter::types([kind]), 100_000)
+        .await
+        .unwrap();
+    assert!(slice.events.is_empty(), "no `{kind}` event in the log");
+}
+
+#[test]
+fn a_killed_append_transaction_surfaces_and_writes_nothing() {
+    es_core::testkit::block_on(async {
+        let _serial = common::serial().await;
+        common::with_store(PgStoreOptions::new(), 10, |store| async move {
+            let backend = Arc::new(Mutex::new(None));
+            let stalling = store.with_inline(Stall {
+                backend: Arc::clone(&backend),
+            });
+            let stream = StreamId::new("fault-1");
+            let mut events = batch("Filler", 99, 10);
+            events.push(new_event("Stall", json!({})));
+            let append = {
+                let stream = stream.clone();
+                tokio::spawn(async move {
+                    stalling
+                        .append(
+                            &stream,
+                            ExpectedVersion::NoStream,
+                            events,
+                            &AppendOptions::default(),
+                        )
+                        .await
+                })
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let pid = loop {
+                if let Some(pid) = *backend.lock().unwrap() {
+                    break pid;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the append never reached its handler"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert!(terminate(&store, pid).await);
+            let result = append.await.expect("append task");
+            let error = result.expect_err("the killed append fails");
+            eprintln!("killed append: {error}");
+            // The kill reaches the handler's query (a projection error) or
+            // the commit (a store error), whichever runs then.
+            assert!(
+                matches!(
+                    error,
+                    es_core::Error::Store { .. } | es_core::Error::Projection { .. }
+                ),
+                "{error:?}"
+            );
+            assert!(
+                format!("{error:?}").contains("terminating connection"),
+                "{error:?}"
+            );
+            assert_nothing_written(&store, &stream, "Filler").await;
+
+            // The pool replaces the dead connection: the store still works.
+            let ok = store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    batch("After", 3, 10),
+                    &AppendOptions::default(),
+                )
+                .await
+                .expect("append after the fault");
+            assert_eq!(ok.committed().last_version, Version(3));
+        })
+        .await;
+    });
+}
+
+#[test]
+fn a_killed_append_statement_surfaces_and_writes_nothing() {
+    es_core::testkit::block_on(async {
+        let _serial = common::serial().await;
+        common::with_store(PgStoreOptions::new(), 10, |store| async move {
+            // A large single-statement append: kill its backend while the
+            // statement runs. The append may win the race; try a few times.
+            let mut caught = 0;
+            for attempt in 0..5 {
+                if caught >= 2 {
+                    break;
+                }
+                let stream = StreamId::new(format!("big-{attempt}"));
+                let kind = format!("Big{attempt}");
+                let append = {
+                    let store = store.clone();
+                    let stream = stream.clone();
+                    let events = batch(&kind, 20_000, 2_000);
+                    tokio::spawn(async move {
+                        store
+                            .append(
+                                &stream,
+                                ExpectedVersion::NoStream,
+                                events,
+                                &AppendOptions::default(),
+                            )
+                            .await
+                    })
+                };
+                let marker = format!("%\"{}\".idempotency_keys%", store.schema());
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut killed = false;
+                while !append.is_finished() && Instant::now() < deadline {
+                    let pids: Vec<i32> = sqlx::query_scalar(
+                        "SELECT pid FROM pg_stat_activity
+                         WHERE state = 'active' AND query LIKE $1 AND pid <> pg_backend_pid()",
+                    )
+                    .bind(&marker)
+                    .fetch_all(store.pool())
+                    .await
+                    .unwrap();
+                    if let Some(&pid) = pids.first() {
+                        killed = terminate(&store, pid).await;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let result = append.await.expect("append task");
+                match result {
+                    Err(error) => {
+                        assert!(killed, "the append failed without being killed: {error}");
+                        assert!(matches!(error, es_core::Error::Store { .. }), "{error:?}");
+                        assert_nothing_written(&store, &stream, &kind).await;
+                        caught += 1;
+                    }
+                    Ok(done) => {
+                        // Too late: the statement had committed.
+                        assert_eq!(done.committed().last_version, Version(20_000));
+                    }
+                }
+            }
+            eprintln!("append statements killed mid-flight: {caught}");
+            assert!(caught > 0, "no append was caught mid-flight");
+        })
+        .await;
+    });
+}
