@@ -160,8 +160,9 @@ impl Statements {
                     WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
                     ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1
                 ) AS tail, EXISTS (
-                    SELECT 1 FROM {s}.events p
-                    WHERE (p.transaction_id, p.position) > {cursor} AND p.transaction_id >= {xmin}
+                    -- Rows at or above the bound all come after the cursor
+                    -- (its event was below an earlier, lower bound).
+                    SELECT 1 FROM {s}.events p WHERE p.transaction_id >= {xmin}
                 ) AS pending
                 FROM (SELECT) AS one LEFT JOIN numbered n ON true
                 ORDER BY n.rn"
