@@ -159,11 +159,12 @@ impl Statements {
                     SELECT t.position FROM {s}.events t
                     WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
                     ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1
-                ) AS tail, EXISTS (
+                ) AS tail, (
                     -- Rows at or above the bound all come after the cursor
                     -- (its event was below an earlier, lower bound).
-                    SELECT 1 FROM {s}.events p WHERE p.transaction_id >= {xmin}
-                ) AS pending
+                    SELECT p.transaction_id FROM {s}.events p WHERE p.transaction_id >= {xmin}
+                    ORDER BY p.transaction_id LIMIT 1
+                ) IS NOT NULL AS pending
                 FROM (SELECT) AS one LEFT JOIN numbered n ON true
                 ORDER BY n.rn"
             )
@@ -187,15 +188,20 @@ impl Statements {
         let head = format!(
             "SELECT (SELECT position FROM {s}.events WHERE transaction_id < {xmin}
                      ORDER BY transaction_id DESC, position DESC LIMIT 1) AS head,
-                    EXISTS (SELECT 1 FROM {s}.events WHERE transaction_id >= {xmin}) AS pending"
+                    (SELECT transaction_id FROM {s}.events WHERE transaction_id >= {xmin}
+                     ORDER BY transaction_id LIMIT 1) IS NOT NULL AS pending"
         );
         let head_unprotected =
             format!("SELECT max(position) AS head, false AS pending FROM {s}.events");
+        // `ORDER BY … LIMIT 1` rather than `EXISTS`: the planner then walks
+        // the log-order index from the bound instead of scanning the table.
         let probe = format!(
-            "SELECT EXISTS (SELECT 1 FROM {s}.events
-                            WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin}) AS visible,
-                    EXISTS (SELECT 1 FROM {s}.events
-                            WHERE (transaction_id, position) > {cursor}) AS pending"
+            "SELECT (SELECT transaction_id FROM {s}.events
+                     WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin}
+                     ORDER BY transaction_id, position LIMIT 1) IS NOT NULL AS visible,
+                    (SELECT transaction_id FROM {s}.events
+                     WHERE (transaction_id, position) > {cursor}
+                     ORDER BY transaction_id, position LIMIT 1) IS NOT NULL AS pending"
         );
         let probe_unprotected = format!(
             "SELECT EXISTS (SELECT 1 FROM {s}.events WHERE position > $1) AS visible, false AS pending"
