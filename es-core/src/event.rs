@@ -368,19 +368,23 @@ impl EventSchema {
         E::from_payload(name, &payload).map_err(DecodeErrorKind::Payload)
     }
 
+    /// Decodes only the event of a stored event, with the same errors as
+    /// [`EventSchema::decode`] but without building an envelope: what a
+    /// replay needs, without copying the stream id, type name and metadata.
+    pub fn decode_event<E: Event>(
+        &self,
+        raw: &RecordedEvent,
+    ) -> std::result::Result<E, DecodeError> {
+        self.decode_payload(&raw.event_type, raw.schema_version, &raw.payload)
+            .map_err(|kind| located(raw, kind))
+    }
+
     /// Decodes a stored event into an envelope of the family.
     pub fn decode<E: Event>(
         &self,
         raw: &RecordedEvent,
     ) -> std::result::Result<Envelope<E>, DecodeError> {
-        let locate = |kind| DecodeError {
-            stream_id: raw.stream_id.clone(),
-            version: raw.version,
-            position: raw.position,
-            event_type: raw.event_type.clone(),
-            schema_version: raw.schema_version,
-            kind,
-        };
+        let locate = |kind| located(raw, kind);
         let (name, payload) = self
             .upcast(&raw.event_type, raw.schema_version, &raw.payload)
             .map_err(locate)?;
@@ -430,6 +434,18 @@ impl NameIndex {
             NameIndex::Small(names) => Box::new(names.iter().map(|(n, _)| n.as_str())),
             NameIndex::Large(map) => Box::new(map.keys().map(String::as_str)),
         }
+    }
+}
+
+/// A decoding error at the place of a stored event.
+fn located(raw: &RecordedEvent, kind: DecodeErrorKind) -> DecodeError {
+    DecodeError {
+        stream_id: raw.stream_id.clone(),
+        version: raw.version,
+        position: raw.position,
+        event_type: raw.event_type.clone(),
+        schema_version: raw.schema_version,
+        kind,
     }
 }
 

@@ -9,12 +9,11 @@ use chrono::Utc;
 use tracing::{field, Instrument};
 
 use crate::aggregate::{Aggregate, SnapshotPolicy};
-use crate::error::{DecodeError, Error, Result};
-use crate::event::{Event, EventSchema};
+use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::store::{EventStore, SnapshotStore};
 use crate::types::{
-    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, RecordedEvent, Snapshot,
-    StreamId, Version,
+    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, Snapshot, StreamId, Version,
 };
 
 /// The error of [`Repository::execute`]: the domain refused the command, or
@@ -290,7 +289,7 @@ where
         let from = version.next();
         self.store
             .visit_stream(stream_id, from, &mut |raw| {
-                let event = decode_event::<A::Event>(schema, raw)?;
+                let event = schema.decode_event::<A::Event>(raw)?;
                 state.evolve(&event);
                 *version = raw.version;
                 applied += 1;
@@ -457,7 +456,7 @@ where
             .await?;
         let events = raw
             .iter()
-            .map(|r| decode_event::<A::Event>(schema, r))
+            .map(|r| schema.decode_event::<A::Event>(r))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         tracing::debug!(stream_id = %first.stream_id, "idempotency key seen before; nothing appended");
         Ok(Executed {
@@ -492,26 +491,6 @@ where
             tracing::warn!(stream_id = %stream_id, version = %version, %error, "snapshot not saved");
         }
     }
-}
-
-/// Decodes a stored event's payload into an event of the family, with the
-/// same result and errors as [`EventSchema::decode`] but without building the
-/// envelope: replaying only needs the event, and the envelope's copies of the
-/// stream id, type name and metadata cost allocations per event.
-fn decode_event<E: Event>(
-    schema: &EventSchema,
-    raw: &RecordedEvent,
-) -> std::result::Result<E, DecodeError> {
-    schema
-        .decode_payload::<E>(&raw.event_type, raw.schema_version, &raw.payload)
-        .map_err(|kind| DecodeError {
-            stream_id: raw.stream_id.clone(),
-            version: raw.version,
-            position: raw.position,
-            event_type: raw.event_type.clone(),
-            schema_version: raw.schema_version,
-            kind,
-        })
 }
 
 /// A bounded map of recently used aggregate states, least recently used out first.
