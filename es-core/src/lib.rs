@@ -104,7 +104,9 @@ pub use crate::projection::{
 };
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::saga::{CausingEvent, Reaction};
-pub use crate::store::{CheckpointStore, ContextProvider, EventStore, LogSlice, SnapshotStore};
+pub use crate::store::{
+    CheckpointStore, ContextProvider, EventStore, Inbox, LogSlice, SnapshotStore,
+};
 pub use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId,
     ExpectedVersion, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, Snapshot, StreamId,

@@ -10,7 +10,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
-use crate::store::{CheckpointStore, EventStore, LogSlice, SnapshotStore};
+use crate::store::{CheckpointStore, EventStore, Inbox, LogSlice, SnapshotStore};
 use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, EventFilter, ExpectedVersion, NewEvent,
     ParkedEvent, Position, RecordedEvent, Snapshot, StreamId, Version,
@@ -57,6 +57,7 @@ struct State {
     snapshots: HashMap<StreamId, Snapshot>,
     checkpoints: HashMap<String, Checkpoint>,
     parked: HashMap<String, BTreeMap<Position, ParkedEvent>>,
+    claims: HashMap<String, HashMap<StreamId, Version>>,
 }
 
 impl Default for InMemoryStore {
@@ -327,5 +328,35 @@ impl CheckpointStore for InMemoryStore {
             .parked
             .get_mut(projection)
             .is_some_and(|m| m.remove(&position).is_some()))
+    }
+}
+
+#[async_trait]
+impl Inbox<()> for InMemoryStore {
+    async fn claim(
+        &self,
+        _context: &mut (),
+        consumer: &str,
+        stream_id: &StreamId,
+        version: Version,
+    ) -> Result<bool> {
+        let mut state = self.write();
+        let streams = state.claims.entry(consumer.to_owned()).or_default();
+        match streams.get_mut(stream_id) {
+            Some(applied) if *applied >= version => Ok(false),
+            Some(applied) => {
+                *applied = version;
+                Ok(true)
+            }
+            None => {
+                streams.insert(stream_id.clone(), version);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn reset_claims(&self, _context: &mut (), consumer: &str) -> Result<()> {
+        self.write().claims.remove(consumer);
+        Ok(())
     }
 }

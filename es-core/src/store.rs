@@ -190,3 +190,45 @@ impl<S: CheckpointStore + ?Sized> ContextProvider<()> for S {
         false
     }
 }
+
+/// Drops redelivered events that come from outside the store's own log (a
+/// Kafka topic, say), by remembering per consumer and stream the highest
+/// version applied.
+///
+/// A consumer calls [`claim`](Inbox::claim) inside the context its handler
+/// writes in, before handling an event. The claim is committed with the
+/// context: where the context is a transaction, the read model's write and
+/// the claim stand or fall together, so a redelivered event (after a crash
+/// or a rebalance) is recognised and its effect applied once. A stream's
+/// events arrive in version order (they share a partition), so one version
+/// per stream is all there is to keep.
+///
+/// ```
+/// use es_core::{InMemoryStore, Inbox, StreamId, Version};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = InMemoryStore::new();
+/// let stream = StreamId::new("order-1");
+/// assert!(store.claim(&mut (), "summary", &stream, Version(1)).await?);
+/// assert!(!store.claim(&mut (), "summary", &stream, Version(1)).await?, "a redelivery");
+/// assert!(store.claim(&mut (), "summary", &stream, Version(2)).await?);
+/// # Ok::<(), es_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[async_trait]
+pub trait Inbox<C: Send>: ContextProvider<C> {
+    /// Records inside `context` that `consumer` applies `version` of
+    /// `stream_id`. Returns `false`, recording nothing, when the consumer
+    /// already applied that version or a later one.
+    async fn claim(
+        &self,
+        context: &mut C,
+        consumer: &str,
+        stream_id: &StreamId,
+        version: Version,
+    ) -> Result<bool>;
+
+    /// Forgets inside `context` everything `consumer` claimed (before a
+    /// rebuild of its read model).
+    async fn reset_claims(&self, context: &mut C, consumer: &str) -> Result<()>;
+}

@@ -10,6 +10,13 @@
 //! its own (`es` unless [`PgStoreOptions::schema`] says otherwise), and
 //! passes the es-core conformance suite.
 //!
+//! It also implements [`Inbox`](es_core::Inbox) in [`PgTx`]: a consumer of
+//! events from outside the store (a Kafka topic, say) claims each event in
+//! the transaction its read model is written in, and the `inbox` table keeps
+//! per consumer and stream the highest version applied, so a redelivered
+//! event is recognised and applied once. The claim's row lock makes two
+//! consumers claiming the same stream at once take turns.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -158,10 +165,12 @@
 //! | `snapshots` | the latest snapshot of each stream |
 //! | `checkpoints` | each projection's position and version |
 //! | `parked_events` | events projections parked, with the error |
+//! | `inbox` | per consumer and stream, the highest version claimed |
 //!
 //! Payloads and metadata are stored as `json` (kept as written; cast to
 //! `jsonb` in queries that need operators).
 
+mod inbox;
 mod inline;
 mod lease;
 mod notify;

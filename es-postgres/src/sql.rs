@@ -72,6 +72,8 @@ pub(crate) struct Statements {
     pub(crate) park: String,
     pub(crate) parked: String,
     pub(crate) unpark: String,
+    pub(crate) claim: String,
+    pub(crate) reset_claims: String,
     pub(crate) lease_key: String,
 }
 
@@ -271,6 +273,16 @@ impl Statements {
                  ORDER BY position"
             ),
             unpark: format!("DELETE FROM {s}.parked_events WHERE projection = $1 AND position = $2"),
+            // A returned row means the version was recorded. The upsert's row
+            // lock makes a concurrent claim of the same stream wait for this
+            // transaction, then compare with what it committed.
+            claim: format!(
+                "INSERT INTO {s}.inbox (consumer, stream_id, version) VALUES ($1, $2, $3)
+                 ON CONFLICT (consumer, stream_id) DO UPDATE SET version = excluded.version
+                 WHERE inbox.version < excluded.version
+                 RETURNING 1"
+            ),
+            reset_claims: format!("DELETE FROM {s}.inbox WHERE consumer = $1"),
             lease_key: format!("{schema}.projection."),
             channel,
             schema: schema.to_owned(),
@@ -317,6 +329,8 @@ mod tests {
         assert!(!sql.read_all_unprotected.contains("pg_snapshot_xmin"));
         assert_eq!(sql.channel, "shop_events");
         assert!(sql.notify.contains("pg_notify('shop_events'"));
+        assert!(sql.claim.contains("INSERT INTO \"shop\".inbox"));
+        assert!(sql.reset_claims.contains("DELETE FROM \"shop\".inbox"));
         assert!(Statements::new("Shop").is_err());
     }
 }

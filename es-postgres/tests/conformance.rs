@@ -10,3 +10,16 @@ mod common;
 es_core::store_conformance_tests!(async {
     common::TestStore::new(Some(common::serial().await)).await
 });
+
+/// The inbox's claims, in the store's transaction (skipped outside CI when
+/// the server is missing).
+#[test]
+fn inbox_claims() {
+    es_core::testkit::block_on(async {
+        let _serial = common::serial().await;
+        common::with_store(es_postgres::PgStoreOptions::new(), 4, |store| async move {
+            es_core::testkit::conformance::inbox_claims::<es_postgres::PgTx, _>(store).await;
+        })
+        .await;
+    });
+}

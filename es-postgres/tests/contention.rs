@@ -1,15 +1,17 @@
 //! Contention: eight writers execute commands on one aggregate through the
 //! es-core repository. Without retries the losers get typed conflicts; with
 //! retries every command lands exactly once, and the stream's versions are
-//! contiguous from 1 with no duplicate.
+//! contiguous from 1 with no duplicate. Two transactions claiming the same
+//! stream in the inbox take turns: the second sees what the first committed.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::domain::{Add, Counter, CounterEvent};
-use es_core::{Event, EventStore, ExecuteError, Repository, Version};
+use es_core::{Event, EventStore, ExecuteError, Inbox, Repository, StreamId, Version};
 use es_postgres::PgStoreOptions;
 use tokio::sync::Barrier;
 
@@ -142,6 +144,82 @@ fn losers_get_conflicts_and_retries_converge() {
                 .sum();
             assert_eq!(state.total, expected);
             assert_eq!(state.adds, total);
+        })
+        .await;
+    });
+}
+
+/// Claims `version` of `order-1` for `summary` in a transaction of its own,
+/// on a task, and commits.
+fn claim_on_a_task(
+    store: &es_postgres::PgEventStore,
+    version: u64,
+) -> tokio::task::JoinHandle<bool> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut tx = store.begin().await.expect("begin");
+        let claimed = store
+            .claim(
+                &mut tx,
+                "summary",
+                &StreamId::new("order-1"),
+                Version(version),
+            )
+            .await
+            .expect("claim");
+        tx.into_inner().commit().await.expect("commit");
+        claimed
+    })
+}
+
+#[test]
+fn concurrent_claims_of_one_stream_take_turns() {
+    es_core::testkit::block_on(async {
+        common::with_store(PgStoreOptions::new(), 4, |store| async move {
+            let stream = StreamId::new("order-1");
+            // A new row: the second insert waits for the first transaction,
+            // then finds its committed claim.
+            let mut first = store.begin().await.expect("begin");
+            assert!(store
+                .claim(&mut first, "summary", &stream, Version(1))
+                .await
+                .expect("claim"));
+            let second = claim_on_a_task(&store, 1);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !second.is_finished(),
+                "the second claim waits for the first"
+            );
+            first.into_inner().commit().await.expect("commit");
+            assert!(
+                !second.await.expect("second claim"),
+                "a version is claimed once"
+            );
+
+            // An existing row: the second claim waits on the row lock; the
+            // first rolls back, so the second claims.
+            let mut first = store.begin().await.expect("begin");
+            assert!(store
+                .claim(&mut first, "summary", &stream, Version(2))
+                .await
+                .expect("claim"));
+            let second = claim_on_a_task(&store, 2);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !second.is_finished(),
+                "the second claim waits for the first"
+            );
+            first.into_inner().rollback().await.expect("rollback");
+            assert!(
+                second.await.expect("second claim"),
+                "the rolled back claim is gone"
+            );
+
+            let mut tx = store.begin().await.expect("begin");
+            assert!(!store
+                .claim(&mut tx, "summary", &stream, Version(2))
+                .await
+                .expect("claim"));
         })
         .await;
     });

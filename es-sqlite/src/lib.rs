@@ -8,6 +8,12 @@
 //! their checkpoint commit together. SQLite is compiled into the binary
 //! (sqlx's bundled SQLite); nothing needs to be installed.
 //!
+//! It also implements [`Inbox`](es_core::Inbox) in [`SqliteTx`]: a consumer
+//! of events from outside the store (a Kafka topic, say) claims each event
+//! in the transaction its read model is written in, and the table
+//! `es_inbox` keeps per consumer and stream the highest version applied, so
+//! a redelivered event is recognised and applied once.
+//!
 //! # Example
 //!
 //! ```
@@ -99,6 +105,7 @@
 
 mod checkpoint;
 mod error;
+mod inbox;
 mod open;
 mod options;
 mod rows;

@@ -136,6 +136,11 @@ impl SqliteTx {
         self.tx.conn()
     }
 
+    /// Whether the transaction runs on `store`'s file.
+    pub(crate) fn belongs_to(&self, store: &SqliteEventStore) -> bool {
+        Arc::ptr_eq(&self.store, store.inner())
+    }
+
     /// Commits the transaction (with the events parked while it was open).
     pub async fn commit(self) -> es_core::Result<()> {
         self.finish(None).await
@@ -226,7 +231,7 @@ impl ContextProvider<SqliteTx> for SqliteEventStore {
         projection: &str,
         checkpoint: Option<Checkpoint>,
     ) -> es_core::Result<()> {
-        if !Arc::ptr_eq(&context.store, self.inner()) {
+        if !context.belongs_to(self) {
             return Err(es_core::Error::Store {
                 message: format!(
                     "projection `{projection}` committed a transaction of another SQLite store"

@@ -1,14 +1,16 @@
 //! Opening files: a new file is created and reopened with its events; a
 //! file that is not a database, a database of a newer schema, a changed or
 //! failed migration, and a read-only file are each refused with their own
-//! error, and the failed open leaves the file exactly as it was.
+//! error, and the failed open leaves the file exactly as it was; a file of
+//! an older schema is brought up to date.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use es_core::{
-    AppendOptions, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId, Version,
+    AppendOptions, EventId, EventStore, ExpectedVersion, Inbox, Metadata, NewEvent, StreamId,
+    Version,
 };
 use es_sqlite::{Error, SqliteEventStore};
 use serde_json::json;
@@ -188,6 +190,42 @@ fn a_database_of_a_newer_schema_is_refused_and_left_unchanged() {
         }
         assert!(error.to_string().contains("newer"), "{error}");
         assert_eq!(file_state(&path), before);
+    });
+}
+
+#[test]
+fn a_database_of_the_first_schema_is_brought_up_to_date() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = closed_store(dir.path(), "first.db").await;
+        // The file as the first schema left it: without the inbox.
+        run_sql(
+            &path,
+            "DROP TABLE es_inbox; DELETE FROM _sqlx_migrations WHERE version > 1",
+        )
+        .await;
+        let store = SqliteEventStore::open(&path)
+            .await
+            .expect("open and migrate");
+        assert_eq!(
+            store
+                .stream_version(&StreamId::new("note-1"))
+                .await
+                .unwrap(),
+            Version(2)
+        );
+        let mut tx = store.transaction().await.unwrap();
+        let stream = StreamId::new("note-1");
+        assert!(store
+            .claim(&mut tx, "notes", &stream, Version(1))
+            .await
+            .unwrap());
+        assert!(!store
+            .claim(&mut tx, "notes", &stream, Version(1))
+            .await
+            .unwrap());
+        tx.commit().await.unwrap();
+        store.close().await.unwrap();
     });
 }
 

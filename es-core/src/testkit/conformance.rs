@@ -879,3 +879,79 @@ macro_rules! store_conformance_tests {
         )*
     };
 }
+
+/// What an [`Inbox`](crate::Inbox) must do, in the context `C` the store
+/// provides: claims are per consumer and stream, a version at or below the
+/// highest claimed one is refused, a claim is kept only when its context
+/// commits, and a reset forgets one consumer's claims. Not part of
+/// [`store_conformance_tests!`](crate::store_conformance_tests) because it
+/// names the context type; call it from a test of the backend.
+pub async fn inbox_claims<C, S>(store: S)
+where
+    C: Send,
+    S: crate::Inbox<C>,
+{
+    let order = StreamId::new("order-1");
+    let other = StreamId::new("order-2");
+    let mut context = store.begin().await.unwrap();
+    for (consumer, stream, version, new) in [
+        ("summary", &order, 1, true),
+        ("summary", &order, 1, false),
+        ("summary", &order, 3, true),
+        ("summary", &order, 2, false),
+        ("summary", &other, 1, true),
+        ("totals", &order, 1, true),
+        ("summary", &order, 4, true),
+    ] {
+        let claimed = store
+            .claim(&mut context, consumer, stream, Version(version))
+            .await
+            .unwrap();
+        assert_eq!(
+            claimed, new,
+            "claim of {stream} v{version} by {consumer} should be {new}"
+        );
+    }
+    store.commit(context, "summary", None).await.unwrap();
+
+    let mut context = store.begin().await.unwrap();
+    assert!(!store
+        .claim(&mut context, "summary", &order, Version(4))
+        .await
+        .unwrap());
+    assert!(store
+        .claim(&mut context, "summary", &order, Version(5))
+        .await
+        .unwrap());
+    if store.is_transactional() {
+        drop(context);
+        let mut context = store.begin().await.unwrap();
+        assert!(
+            store
+                .claim(&mut context, "summary", &order, Version(5))
+                .await
+                .unwrap(),
+            "a claim in a context that never committed must be forgotten"
+        );
+        store.commit(context, "summary", None).await.unwrap();
+    } else {
+        store.commit(context, "summary", None).await.unwrap();
+    }
+
+    let mut context = store.begin().await.unwrap();
+    store.reset_claims(&mut context, "summary").await.unwrap();
+    store.commit(context, "summary", None).await.unwrap();
+    let mut context = store.begin().await.unwrap();
+    assert!(store
+        .claim(&mut context, "summary", &order, Version(1))
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .claim(&mut context, "totals", &order, Version(1))
+            .await
+            .unwrap(),
+        "a reset forgets only its consumer's claims"
+    );
+    store.commit(context, "summary", None).await.unwrap();
+}

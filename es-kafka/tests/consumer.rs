@@ -1,0 +1,282 @@
+//! The Kafka-fed projection runner against a real broker: a consumer killed
+//! mid-batch, redeliveries, and messages that are not events it can read.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use es_core::{EventStore, FailurePolicy, InMemoryStore};
+use es_kafka::{KafkaConfig, KafkaProjectionRunner, KafkaRelay, TopicMapping};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+/// A source store with `streams` × `per_stream` events relayed to a new topic.
+async fn relayed(bootstrap: &str, streams: usize, per_stream: usize) -> (InMemoryStore, String) {
+    let source = InMemoryStore::new();
+    fill(&source, streams, per_stream, 10).await;
+    let topic = unique("items");
+    create_topic(bootstrap, &topic, 4).await;
+    KafkaRelay::new(source.clone(), &KafkaConfig::new(bootstrap))
+        .unwrap()
+        .topics(TopicMapping::single(&topic))
+        .catch_up(3)
+        .await
+        .unwrap();
+    (source, topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_batch_applies_each_effect_once() {
+    let Some(bootstrap) = broker() else { return };
+    let (source, topic) = relayed(&bootstrap, 40, 100).await;
+    let head = source.head().await.unwrap().0;
+    let dir = tempfile::tempdir().unwrap();
+    let read_model = read_model_store(dir.path()).await;
+    let config = KafkaConfig::new(&bootstrap);
+    let group = unique("group");
+    let slow = ItemTotals {
+        delay: Some(Duration::from_millis(1)),
+    };
+    let runner = KafkaProjectionRunner::new(&config, &group, [&topic], read_model.clone(), slow)
+        .unwrap()
+        .batch_size(300);
+    let running = runner.spawn();
+    eventually("a few batches in", Duration::from_secs(60), || async {
+        runner.stats().handled() >= 600
+    })
+    .await;
+    running.abort();
+    let applied: i64 = totals(&read_model).await.values().map(|t| t.1).sum();
+    assert!(
+        (applied as u64) < head,
+        "killed before the end ({applied} of {head})"
+    );
+
+    let restarted = KafkaProjectionRunner::new(
+        &config,
+        &group,
+        [&topic],
+        read_model.clone(),
+        ItemTotals::default(),
+    )
+    .unwrap()
+    .batch_size(300);
+    let running = restarted.spawn();
+    eventually("every event applied", Duration::from_secs(120), || async {
+        totals(&read_model).await.values().map(|t| t.1).sum::<i64>() as u64 == head
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert_eq!(totals(&read_model).await, expected_totals(&source).await);
+
+    // Another group reads the whole topic again: every event is a duplicate.
+    let replay = KafkaProjectionRunner::new(
+        &config,
+        unique("group"),
+        [&topic],
+        read_model.clone(),
+        ItemTotals::default(),
+    )
+    .unwrap();
+    let running = replay.spawn();
+    eventually("the topic read again", Duration::from_secs(120), || async {
+        replay.stats().duplicates() == head
+    })
+    .await;
+    running.stop().await.unwrap();
+    assert_eq!(replay.stats().handled(), 0);
+    assert_eq!(
+        totals(&read_model).await,
+        expected_totals(&source).await,
+        "no effect applied twice"
+    );
+}
+
+/// Produces one hand-made message.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (k, v) in headers {
+        owned = owned.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(0)
+                .key(key)
+                .payload(payload)
+                .headers(owned),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+fn event_headers<'a>(
+    event_type: &'a str,
+    schema: &'a str,
+    version: &'a str,
+    id: &'a str,
+) -> [(&'a str, &'a str); 4] {
+    [
+        ("es-event-type", event_type),
+        ("es-schema-version", schema),
+        ("es-stream-version", version),
+        ("es-event-id", id),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_are_parked_or_stop_the_projection() {
+    let Some(bootstrap) = broker() else { return };
+    let topic = unique("bad");
+    create_topic(&bootstrap, &topic, 1).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let id = || uuid::Uuid::now_v7().to_string();
+    let (a, b, c, d, e) = (id(), id(), id(), id(), id());
+    send(
+        &producer,
+        &topic,
+        "item-1",
+        &event_headers("Added", "1", "1", &a),
+        br#"{"count":5}"#,
+    )
+    .await;
+    send(
+        &producer,
+        &topic,
+        "item-1",
+        &event_headers("Exploded", "1", "2", &b),
+        br#"{}"#,
+    )
+    .await;
+    send(
+        &producer,
+        &topic,
+        "item-1",
+        &event_headers("Added", "2", "3", &c),
+        b"{not json",
+    )
+    .await;
+    send(
+        &producer,
+        &topic,
+        "item-1",
+        &[("es-event-type", "Added")],
+        br#"{"n":1}"#,
+    )
+    .await;
+    send(
+        &producer,
+        &topic,
+        "item-1",
+        &event_headers("Added", "2", "4", &d),
+        br#"{"n":2}"#,
+    )
+    .await;
+    send(
+        &producer,
+        &topic,
+        "item-2",
+        &event_headers("Added", "2", "1", &e),
+        br#"{"oops":2}"#,
+    )
+    .await;
+
+    let config = KafkaConfig::new(&bootstrap);
+    let dir = tempfile::tempdir().unwrap();
+    let read_model = read_model_store(dir.path()).await;
+
+    // Stop: the first bad message ends the run, naming where it is.
+    let stopping = KafkaProjectionRunner::new(
+        &config,
+        unique("group"),
+        [&topic],
+        read_model.clone(),
+        ItemTotals::default(),
+    )
+    .unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(60),
+        stopping.run_until(std::future::pending()),
+    )
+    .await
+    .expect("the run stops by itself")
+    .unwrap_err();
+    let text = format!(
+        "{error}: {}",
+        std::error::Error::source(&error)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(
+        text.contains(&format!("{topic}/0@1")) && text.contains("Exploded"),
+        "{text}"
+    );
+    assert!(
+        totals(&read_model).await.is_empty(),
+        "nothing of the failed batch committed"
+    );
+
+    // Park: bad messages are kept with topic, partition and offset; the rest applies.
+    let parking = KafkaProjectionRunner::new(
+        &config,
+        unique("group"),
+        [&topic],
+        read_model.clone(),
+        ItemTotals::default(),
+    )
+    .unwrap()
+    .failure_policy(FailurePolicy::Park);
+    let running = parking.spawn();
+    eventually("all six messages seen", Duration::from_secs(60), || async {
+        parking.stats().handled() + parking.stats().parked() == 6
+    })
+    .await;
+    running.stop().await.unwrap();
+    let model = totals(&read_model).await;
+    assert_eq!(
+        model.get("item-1"),
+        Some(&(7, 2, 4)),
+        "v1 upcast (5) and v4 (2) applied"
+    );
+    assert_eq!(model.get("item-2"), None);
+    let parked = parking.parked().await.unwrap();
+    let offsets: Vec<i64> = parked.iter().map(|p| p.origin.offset).collect();
+    assert_eq!(offsets, [1, 2, 3, 5]);
+    assert!(parked
+        .iter()
+        .all(|p| p.origin.topic == topic && p.origin.partition == 0));
+    assert!(parked[0].error.contains("Exploded"), "{}", parked[0].error);
+    assert!(parked[1].error.contains("not JSON"), "{}", parked[1].error);
+    assert_eq!(
+        parked[1].event.payload,
+        serde_json::json!("{not json"),
+        "the bytes are kept"
+    );
+    assert!(
+        parked[2].error.contains("es-schema-version"),
+        "{}",
+        parked[2].error
+    );
+    assert!(parked[3].error.contains("item-2"), "{}", parked[3].error);
+    assert_eq!(parked[3].event.event_id.to_string(), e);
+
+    // A parked message that still fails stays parked.
+    assert!(!parking.retry_parked(&parked[0]).await.unwrap());
+    assert_eq!(parking.parked().await.unwrap().len(), 4);
+}
