@@ -10,6 +10,13 @@
 //! - relay: 100,000 events of 100 streams in an in-memory store, from the
 //!   relay's start until the broker acknowledged the last one and the
 //!   checkpoint is saved (events/s);
+//! - floors: a plain producer with the relay's settings, and a plain consumer
+//!   doing no work, over 100,000 messages of the same size and header count:
+//!   what the broker allows on this machine. The broker's storage decides
+//!   most of it: the SQLite storage of the test command's broker writes each
+//!   header as it comes, so run a broker with memory storage
+//!   (`nisshi broker --storage-engine memory://nisshi/ …`) to see the
+//!   framework's own cost;
 //! - consumer: the same 100,000 messages read by a new consumer group into an
 //!   in-memory read model through the projection runner, with claims and
 //!   offset commits, until the last one is handled (events/s).
@@ -24,6 +31,10 @@ use es_core::{
     Projection, RecordedEvent, StreamId,
 };
 use es_kafka::{KafkaConfig, KafkaProjectionRunner, KafkaRelay, TopicMapping};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 /// The benchmark's events.
@@ -99,6 +110,7 @@ async fn source() -> Outcome<InMemoryStore> {
 /// Relays the store to a new topic; events/s.
 async fn relay(config: &KafkaConfig, store: &InMemoryStore, topic: &str) -> Outcome<f64> {
     let relay = KafkaRelay::new(store.clone(), config)?
+        .name(format!("relay_to_{topic}"))
         .topics(TopicMapping::single(topic))
         .upcast::<ItemEvent>();
     let start = Instant::now();
@@ -134,6 +146,77 @@ async fn consume(config: &KafkaConfig, topic: &str) -> Outcome<f64> {
     Ok(EVENTS as f64 / elapsed.as_secs_f64())
 }
 
+const FLOOR_HEADERS: [&str; 9] = [
+    "es-event-id",
+    "es-event-type",
+    "es-schema-version",
+    "es-stream-id",
+    "es-stream-version",
+    "es-position",
+    "es-recorded-at",
+    "content-type",
+    "es-correlation-id",
+];
+
+/// The floor of the relay: a plain producer with the relay's settings
+/// sending the same number of messages of the same size, all at once.
+async fn produce_floor(bootstrap: &str, topic: &str) -> Outcome<f64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "100000")
+        .create()?;
+    let payload = br#"{"n":1,"memo":"round 10 item 3"}"#;
+    let start = Instant::now();
+    let mut deliveries = Vec::with_capacity(EVENTS as usize);
+    for i in 0..EVENTS {
+        let key = format!("item-{}", i % STREAMS);
+        // As many headers as the relay writes, of about the same size.
+        let mut headers = OwnedHeaders::new();
+        for key in FLOOR_HEADERS {
+            headers = headers.insert(Header {
+                key,
+                value: Some("0190a4b2-7c3e-7d2a-9f1e-3b5c6d7e8f90"),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload[..])
+            .headers(headers);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+    }
+    for delivery in deliveries {
+        delivery.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(EVENTS as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The floor of the consumer: a plain consumer reading the topic, no work.
+async fn consume_floor(bootstrap: &str, topic: &str) -> Outcome<f64> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("floor-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let start = Instant::now();
+    let mut read = 0;
+    while read < EVENTS {
+        tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
+        read += 1;
+    }
+    Ok(EVENTS as f64 / start.elapsed().as_secs_f64())
+}
+
 fn summary(mut values: Vec<f64>) -> String {
     values.sort_by(f64::total_cmp);
     let median = values[values.len() / 2];
@@ -151,18 +234,25 @@ async fn main() -> Outcome<()> {
         std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     let config = KafkaConfig::new(&bootstrap);
     let store = source().await?;
-    let mut relayed = Vec::new();
-    let mut consumed = Vec::new();
+    let mut rows: [(&str, &str, Vec<f64>); 4] = [
+        ("relay: store → acknowledged", "≥ 50,000", Vec::new()),
+        ("floor: plain producer, same settings", "", Vec::new()),
+        ("consumer → in-memory read model", "≥ 30,000", Vec::new()),
+        ("floor: plain consumer, no work", "", Vec::new()),
+    ];
     for run in 0..RUNS {
         let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
-        relayed.push(relay(&config, &store, &topic).await?);
-        consumed.push(consume(&config, &topic).await?);
-        eprintln!(
-            "run {}: relay {:.0}/s, consumer {:.0}/s",
-            run + 1,
-            relayed[run],
-            consumed[run]
-        );
+        rows[0].2.push(relay(&config, &store, &topic).await?);
+        rows[2].2.push(consume(&config, &topic).await?);
+        let floor_topic = format!("floor-{}", uuid::Uuid::now_v7().simple());
+        rows[1]
+            .2
+            .push(produce_floor(&bootstrap, &floor_topic).await?);
+        rows[3]
+            .2
+            .push(consume_floor(&bootstrap, &floor_topic).await?);
+        let last: Vec<String> = rows.iter().map(|r| format!("{:.0}", r.2[run])).collect();
+        eprintln!("run {}: {}", run + 1, last.join(" / "));
     }
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -174,15 +264,8 @@ async fn main() -> Outcome<()> {
         "| workload | events/s (median) | spread (min–max) | target |"
     )?;
     writeln!(out, "| --- | ---: | --- | ---: |")?;
-    writeln!(
-        out,
-        "| relay: store → acknowledged | {} | ≥ 50,000 |",
-        summary(relayed)
-    )?;
-    writeln!(
-        out,
-        "| consumer → in-memory read model | {} | ≥ 30,000 |",
-        summary(consumed)
-    )?;
+    for (name, target, values) in rows {
+        writeln!(out, "| {name} | {} | {target} |", summary(values))?;
+    }
     Ok(())
 }
