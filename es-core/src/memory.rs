@@ -341,7 +341,10 @@ impl Inbox<()> for InMemoryStore {
         version: Version,
     ) -> Result<bool> {
         let mut state = self.write();
-        let streams = state.claims.entry(consumer.to_owned()).or_default();
+        let streams = match state.claims.get_mut(consumer) {
+            Some(streams) => streams,
+            None => state.claims.entry(consumer.to_owned()).or_default(),
+        };
         match streams.get_mut(stream_id) {
             Some(applied) if *applied >= version => Ok(false),
             Some(applied) => {

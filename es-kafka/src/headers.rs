@@ -190,9 +190,10 @@ impl Incoming {
     }
 }
 
+/// Header values by their place in [`KNOWN`], and the other metadata.
 #[derive(Default)]
 struct Fields {
-    known: BTreeMap<&'static str, String>,
+    known: [Option<String>; KNOWN.len()],
     extra: BTreeMap<String, String>,
 }
 
@@ -211,8 +212,8 @@ const KNOWN: [&str; 10] = [
 
 impl Fields {
     fn set(&mut self, key: &str, value: String) {
-        if let Some(name) = KNOWN.iter().find(|n| **n == key) {
-            self.known.insert(name, value);
+        if let Some(i) = KNOWN.iter().position(|n| *n == key) {
+            self.known[i] = Some(value);
         } else if key == names::TRACEPARENT {
             self.extra.insert(TRACEPARENT_KEY.to_owned(), value);
         } else if let Some(meta) = key.strip_prefix(names::META_PREFIX) {
@@ -233,7 +234,10 @@ impl Fields {
             problem.get_or_insert(error);
         };
         let mut text = |name: &'static str, required: bool, note: &mut dyn FnMut(MessageError)| {
-            let value = self.known.remove(name);
+            let value = KNOWN
+                .iter()
+                .position(|n| *n == name)
+                .and_then(|i| self.known[i].take());
             if value.is_none() && required {
                 note(MessageError::MissingHeader {
                     origin: origin.clone(),
