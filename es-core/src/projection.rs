@@ -415,17 +415,8 @@ where
 
     /// Runs the projection on a tokio task until [`RunningProjection::stop`].
     pub fn spawn(&self) -> RunningProjection {
-        let (stop, mut stopped) = watch::channel(false);
         let runner = self.clone();
-        let task = tokio::spawn(async move {
-            runner
-                .run_until(async move {
-                    // The sender is kept by the handle; when it is dropped, stop too.
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        RunningProjection { stop, task }
+        RunningProjection::spawn_with(|shutdown| async move { runner.run_until(shutdown).await })
     }
 
     /// Reads and handles one batch after `position`.
@@ -576,7 +567,8 @@ fn projection_error(projection: &str, event: &RecordedEvent, source: BoxError) -
     }
 }
 
-/// A projection running on a tokio task.
+/// A projection (or another follower of a log, such as a relay) running on
+/// a tokio task.
 #[derive(Debug)]
 pub struct RunningProjection {
     stop: watch::Sender<bool>,
@@ -584,6 +576,42 @@ pub struct RunningProjection {
 }
 
 impl RunningProjection {
+    /// Spawns `run` on a tokio task, handing it a shutdown future that
+    /// completes when [`stop`](RunningProjection::stop) is called or the
+    /// handle is dropped: how runners implement their `spawn`.
+    ///
+    /// ```
+    /// use es_core::RunningProjection;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let running = RunningProjection::spawn_with(|shutdown| async move {
+    ///     shutdown.await; // work until asked to stop
+    ///     Ok(())
+    /// });
+    /// running.stop().await?;
+    /// # Ok::<(), es_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn spawn_with<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let (stop, mut stopped) = watch::channel(false);
+        let shutdown = Box::pin(async move {
+            // The sender is kept by the handle; when it is dropped, stop too.
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        let task = tokio::spawn(run(shutdown));
+        RunningProjection { stop, task }
+    }
+
+    /// Ends the task at once, as a crash would: the batch in progress is
+    /// neither finished nor committed.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Asks the projection to stop after its current batch and waits for it.
     /// Returns the error that stopped it earlier, if one did.
     pub async fn stop(self) -> Result<()> {

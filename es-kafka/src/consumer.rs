@@ -14,7 +14,6 @@ use es_core::{
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
 
 use crate::config::KafkaConfig;
 use crate::headers::{Incoming, MessageError, MessageOrigin};
@@ -343,18 +342,13 @@ where
         Ok(())
     }
 
-    /// Runs the projection on a tokio task until [`RunningKafkaProjection::stop`].
+    /// Runs the projection on a tokio task until
+    /// [`RunningKafkaProjection::stop`], which commits the batch in progress.
     pub fn spawn(&self) -> RunningKafkaProjection {
-        let (stop, mut stopped) = watch::channel(false);
         let runner = self.clone();
-        let task = tokio::spawn(async move {
-            runner
-                .run_until(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        RunningKafkaProjection { stop, task }
+        RunningKafkaProjection::spawn_with(
+            |shutdown| async move { runner.run_until(shutdown).await },
+        )
     }
 
     /// Handles one batch in one context, parking or stopping at failures.
@@ -598,31 +592,7 @@ fn commit_offsets(consumer: &StreamConsumer, batch: &[Incoming], mode: CommitMod
     }
 }
 
-/// A Kafka-fed projection running on a tokio task.
-#[derive(Debug)]
-pub struct RunningKafkaProjection {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<()>>,
-}
-
-impl RunningKafkaProjection {
-    /// Asks the projection to stop after its current batch and waits for it.
-    /// Returns the error that stopped it earlier, if one did.
-    pub async fn stop(self) -> Result<()> {
-        self.stop.send_replace(true);
-        self.task
-            .await
-            .map_err(|e| Error::store("Kafka projection task failed", e))?
-    }
-
-    /// Stops the task at once, as a crash would: the batch in progress is
-    /// neither committed nor acknowledged.
-    pub fn abort(self) {
-        self.task.abort();
-    }
-
-    /// Whether the task has ended (stopped, or failed).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-}
+/// A Kafka-fed projection running on a tokio task: `stop` commits the batch
+/// in progress; `abort` ends it as a crash would (the batch is neither
+/// committed nor acknowledged).
+pub type RunningKafkaProjection = es_core::RunningProjection;

@@ -15,6 +15,7 @@ use es_core::{
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
 use tokio::sync::watch;
 
 use crate::config::KafkaConfig;
@@ -399,18 +400,11 @@ where
         work.await
     }
 
-    /// Runs the relay on a tokio task until [`RunningRelay::stop`].
+    /// Runs the relay on a tokio task until [`RunningRelay::stop`], which
+    /// waits for the events in flight and saves the checkpoint.
     pub fn spawn(&self) -> RunningRelay {
-        let (stop, mut stopped) = watch::channel(false);
         let relay = self.clone();
-        let task = tokio::spawn(async move {
-            relay
-                .run_until(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        RunningRelay { stop, task }
+        RunningRelay::spawn_with(|shutdown| async move { relay.run_until(shutdown).await })
     }
 
     async fn back_off(&self, error: &Error) {
@@ -698,32 +692,7 @@ fn delivery_error(
     )
 }
 
-/// A relay running on a tokio task.
-#[derive(Debug)]
-pub struct RunningRelay {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<()>>,
-}
-
-impl RunningRelay {
-    /// Asks the relay to stop, waits for its in-flight events to be
-    /// acknowledged and its checkpoint saved. Returns the error that
-    /// stopped it earlier, if one did.
-    pub async fn stop(self) -> Result<()> {
-        self.stop.send_replace(true);
-        self.task
-            .await
-            .map_err(|e| Error::store("relay task failed", e))?
-    }
-
-    /// Stops the relay at once, as a crash would: nothing is flushed and no
-    /// checkpoint is saved beyond what already was.
-    pub fn abort(self) {
-        self.task.abort();
-    }
-
-    /// Whether the task has ended (stopped, or failed).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-}
+/// A relay running on a tokio task: [`stop`](RunningRelay::stop) waits for
+/// its events in flight and saves its checkpoint; `abort` ends it as a crash
+/// would.
+pub type RunningRelay = es_core::RunningProjection;

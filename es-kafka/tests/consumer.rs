@@ -94,6 +94,9 @@ async fn a_consumer_killed_mid_batch_applies_each_effect_once() {
     );
 }
 
+/// A hand-made message: key, headers, payload.
+type Handmade<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8]);
+
 /// Produces one hand-made message.
 async fn send(
     producer: &FutureProducer,
@@ -148,54 +151,33 @@ async fn bad_messages_are_parked_or_stop_the_projection() {
         .unwrap();
     let id = || uuid::Uuid::now_v7().to_string();
     let (a, b, c, d, e) = (id(), id(), id(), id(), id());
-    send(
-        &producer,
-        &topic,
-        "item-1",
-        &event_headers("Added", "1", "1", &a),
-        br#"{"count":5}"#,
-    )
-    .await;
-    send(
-        &producer,
-        &topic,
-        "item-1",
-        &event_headers("Exploded", "1", "2", &b),
-        br#"{}"#,
-    )
-    .await;
-    send(
-        &producer,
-        &topic,
-        "item-1",
-        &event_headers("Added", "2", "3", &c),
-        b"{not json",
-    )
-    .await;
-    send(
-        &producer,
-        &topic,
-        "item-1",
-        &[("es-event-type", "Added")],
-        br#"{"n":1}"#,
-    )
-    .await;
-    send(
-        &producer,
-        &topic,
-        "item-1",
-        &event_headers("Added", "2", "4", &d),
-        br#"{"n":2}"#,
-    )
-    .await;
-    send(
-        &producer,
-        &topic,
-        "item-2",
-        &event_headers("Added", "2", "1", &e),
-        br#"{"oops":2}"#,
-    )
-    .await;
+    let messages: [Handmade<'_>; 6] = [
+        (
+            "item-1",
+            &event_headers("Added", "1", "1", &a),
+            br#"{"count":5}"#,
+        ),
+        ("item-1", &event_headers("Exploded", "1", "2", &b), br#"{}"#),
+        (
+            "item-1",
+            &event_headers("Added", "2", "3", &c),
+            b"{not json",
+        ),
+        ("item-1", &[("es-event-type", "Added")], br#"{"n":1}"#),
+        (
+            "item-1",
+            &event_headers("Added", "2", "4", &d),
+            br#"{"n":2}"#,
+        ),
+        (
+            "item-2",
+            &event_headers("Added", "2", "1", &e),
+            br#"{"oops":2}"#,
+        ),
+    ];
+    for (key, headers, payload) in messages {
+        send(&producer, &topic, key, headers, payload).await;
+    }
 
     let config = KafkaConfig::new(&bootstrap);
     let dir = tempfile::tempdir().unwrap();

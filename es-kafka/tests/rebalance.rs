@@ -31,10 +31,7 @@ impl Handles<ItemEvent> for PgItemTotals {
         event: Envelope<ItemEvent>,
     ) -> Result<(), BoxError> {
         tokio::time::sleep(DELAY).await;
-        let delta = match event.event {
-            ItemEvent::Added { n } => n as i64,
-            ItemEvent::Removed { n } => -(n as i64),
-        };
+        let delta = event.event.delta();
         sqlx::query(&format!(
             "INSERT INTO {}.item_totals AS t (stream_id, total, events, last_version)
              VALUES ($1, $2, 1, $3)

@@ -61,6 +61,16 @@ pub enum ItemEvent {
     },
 }
 
+impl ItemEvent {
+    /// What the event does to a stream's total.
+    pub fn delta(&self) -> i64 {
+        match self {
+            ItemEvent::Added { n } => *n as i64,
+            ItemEvent::Removed { n } => -(*n as i64),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct AddedV1 {
     count: u64,
@@ -135,10 +145,7 @@ impl Handles<ItemEvent> for ItemTotals {
         if let Some(delay) = self.delay {
             tokio::time::sleep(delay).await;
         }
-        let delta = match event.event {
-            ItemEvent::Added { n } => n as i64,
-            ItemEvent::Removed { n } => -(n as i64),
-        };
+        let delta = event.event.delta();
         sqlx::query(
             "INSERT INTO item_totals (stream_id, total, events, last_version) VALUES (?, ?, 1, ?)
              ON CONFLICT (stream_id) DO UPDATE SET total = total + excluded.total,
@@ -209,10 +216,7 @@ pub async fn expected_totals<S: EventStore>(store: &S) -> Totals {
         }
         for raw in &slice.events {
             let event = ItemEvent::decode(raw).unwrap();
-            let delta = match event.event {
-                ItemEvent::Added { n } => n as i64,
-                ItemEvent::Removed { n } => -(n as i64),
-            };
+            let delta = event.event.delta();
             let entry = totals.entry(raw.stream_id.to_string()).or_default();
             entry.0 += delta;
             entry.1 += 1;
