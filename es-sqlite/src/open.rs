@@ -254,7 +254,10 @@ async fn migrate(path: &Path, conn: &mut SqliteConnection) -> Result<()> {
     <Sqlite as sqlx::Database>::TransactionManager::begin(conn, Some("BEGIN IMMEDIATE".into()))
         .await
         .map_err(|source| sql_error("cannot lock for migrations", source))?;
-    let migrated = MIGRATOR.run(&mut *conn).await;
+    // `run_direct` on the connection itself: `run` goes through a generic
+    // `Acquire<'a>`, which makes the future of `SqliteEventStore::open`
+    // fail to prove `Send` (so it could not be spawned).
+    let migrated = MIGRATOR.run_direct(&mut *conn).await;
     match migrated {
         Ok(()) => <Sqlite as sqlx::Database>::TransactionManager::commit(conn)
             .await
