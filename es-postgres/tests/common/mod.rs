@@ -34,6 +34,13 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// For a test whose prerequisite is missing: fails with `reason` when
+/// `CI=true`, prints it as a skip otherwise (and the test returns).
+pub fn skip_or_fail(reason: &str) {
+    assert!(!in_ci(), "required when CI=true: {reason}");
+    eprintln!("SKIPPED: {reason}");
+}
+
 /// A pool to the local server, or `None` (with the reason printed) when it
 /// is missing outside CI. In CI a missing server fails the test.
 pub async fn server(max_connections: u32) -> Option<PgPool> {
