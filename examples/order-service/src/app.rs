@@ -1,5 +1,5 @@
-//! The application: repositories, projections and the saga over one store,
-//! with the supervisors that keep the projections running.
+//! The application: repositories, projections, the saga and the optional
+//! Kafka relay over one store, with the supervisors that keep them running.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,16 +7,19 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use es_core::{
-    CheckpointStore, ContextProvider, EventStore, ExecuteError, Executed, FailurePolicy, Metadata,
-    Position, Projection, ProjectionRunner, ProjectionStatus, Repository, SnapshotStore, Version,
+    Aggregate, Checkpoint, CheckpointStore, ContextProvider, EventStore, ExecuteError, Executed,
+    FailurePolicy, Metadata, Position, Projection, ProjectionRunner, ProjectionStatus, Repository,
+    SnapshotStore, Version,
 };
+use es_kafka::{KafkaConfig, KafkaRelay, TopicMapping};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::checkout::Checkout;
 use crate::domain::{
-    is_valid_sku, Currency, Inventory, InventoryCommand, Line, Order, OrderCommand, OrderError,
+    is_valid_sku, Currency, Inventory, InventoryCommand, InventoryEvent, Line, Order, OrderCommand,
+    OrderError, OrderEvent,
 };
 use crate::projections::{CustomerTotalsProjection, OrderSummaries};
 use crate::read_model::{CustomerTotals, OrderFilter, OrderSummary, ReadModelStore};
@@ -57,6 +60,45 @@ impl Watermark {
     }
 }
 
+/// The name of the Kafka relay: the key of its checkpoint and of its parked
+/// events in the store, and its name among the projections.
+pub const KAFKA_RELAY: &str = "kafka_relay";
+
+/// The version the relay writes in its checkpoint.
+const KAFKA_RELAY_VERSION: u32 = 1;
+
+/// The topics [`kafka_relay`] publishes to: one per aggregate,
+/// `{prefix}order` and `{prefix}inventory`.
+///
+/// ```
+/// assert_eq!(
+///     order_service::kafka_topics("shop."),
+///     ["shop.order", "shop.inventory"]
+/// );
+/// ```
+pub fn kafka_topics(prefix: &str) -> Vec<String> {
+    [Order::NAME, Inventory::NAME]
+        .iter()
+        .map(|aggregate| format!("{prefix}{aggregate}"))
+        .collect()
+}
+
+/// A relay that publishes every event of `store` to Kafka, to the topics of
+/// [`kafka_topics`]: the message key is the stream id, the payload the
+/// event's JSON at its current schema version (a stored `OrderPlaced` v1 goes
+/// out as v2). Hand it to [`App::with_relay`], which runs it.
+pub fn kafka_relay<S: AppStore>(
+    store: S,
+    config: &KafkaConfig,
+    topic_prefix: &str,
+) -> es_core::Result<KafkaRelay<S>> {
+    Ok(KafkaRelay::new(store, config)?
+        .name(KAFKA_RELAY)
+        .topics(TopicMapping::prefixed(topic_prefix))
+        .upcast::<OrderEvent>()
+        .upcast::<InventoryEvent>())
+}
+
 /// How long a supervisor waits before it starts a failed projection again,
 /// at first and at most.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -69,7 +111,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// provide the read models' context (`()` for memory, `SqliteTx` or `PgTx`
 /// for read models in the store's database).
 ///
-/// [`App::new`] builds it; [`App::start`] starts every projection under a
+/// [`App::new`] builds it, [`App::with_relay`] with a Kafka relay too;
+/// [`App::start`] starts every projection (and the relay) under a
 /// supervisor (a projection that fails is started again after a growing
 /// pause); [`App::shutdown`] stops them after their current batch.
 pub struct App<S: AppStore, R: ReadModelStore> {
@@ -109,6 +152,19 @@ where
     /// The application over a store and its read models. Nothing runs yet:
     /// call [`App::start`].
     pub fn new(store: S, read_models: R) -> Self {
+        Self::with_relay(store, read_models, None)
+    }
+
+    /// The application over a store and its read models that, when `relay`
+    /// is given, also publishes every event of the store to Kafka (build the
+    /// relay with [`kafka_relay`]).
+    ///
+    /// The relay runs beside the projections, under a supervisor, as the
+    /// projection [`KAFKA_RELAY`] (the name its checkpoint is kept under,
+    /// whatever name it was given): [`App::start`], [`App::shutdown`],
+    /// [`App::settle`], the readiness checks and the projection list include
+    /// it. Nothing runs yet: call [`App::start`].
+    pub fn with_relay(store: S, read_models: R, relay: Option<KafkaRelay<S>>) -> Self {
         let orders = Repository::<Order, _>::new(store.clone()).with_cache(1024);
         let inventory = Repository::<Inventory, _>::new(store.clone()).with_cache(1024);
         let summaries =
@@ -120,7 +176,7 @@ where
         )
         .failure_policy(FailurePolicy::Park);
         let appended = Watermark::default();
-        let workers = vec![
+        let mut workers = vec![
             Worker::new(Arc::new(summaries)),
             Worker::new(Arc::new(totals)),
             checkout_worker(
@@ -128,6 +184,12 @@ where
                 Checkout::new(orders.clone(), inventory.clone()).noting(appended.clone()),
             ),
         ];
+        if let Some(relay) = relay {
+            workers.push(Worker::new(Arc::new(Relay {
+                relay: relay.name(KAFKA_RELAY),
+                store: store.clone(),
+            })));
+        }
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -160,7 +222,8 @@ where
         &self.inner.inventory
     }
 
-    /// The names of the projections, the checkout saga included.
+    /// The names of the projections, the checkout saga and the Kafka relay
+    /// included.
     pub fn projection_names(&self) -> Vec<&'static str> {
         self.inner.workers.iter().map(|w| w.runner.name()).collect()
     }
@@ -444,8 +507,8 @@ where
     }
 }
 
-/// A projection runner seen through what the supervisor needs, whatever
-/// its projection and context.
+/// A projection runner (or the Kafka relay) seen through what the
+/// supervisor needs, whatever its projection and context.
 #[async_trait]
 trait Supervised: Send + Sync + 'static {
     fn name(&self) -> &'static str;
@@ -478,6 +541,68 @@ where
             let _ = stop.wait_for(|stop| *stop).await;
         })
         .await
+    }
+}
+
+/// The Kafka relay, with the store it reads: its status comes from the
+/// store (the relay keeps its store to itself).
+struct Relay<S> {
+    relay: KafkaRelay<S>,
+    store: S,
+}
+
+#[async_trait]
+impl<S: AppStore> Supervised for Relay<S> {
+    fn name(&self) -> &'static str {
+        KAFKA_RELAY
+    }
+
+    async fn status(&self) -> es_core::Result<ProjectionStatus> {
+        Ok(ProjectionStatus {
+            name: KAFKA_RELAY,
+            version: KAFKA_RELAY_VERSION,
+            checkpoint: self.store.load_checkpoint(KAFKA_RELAY).await?,
+            head: self.store.head().await?,
+            parked: self.store.parked(KAFKA_RELAY).await?.len(),
+        })
+    }
+
+    /// Publishes the whole log again: moves the relay's checkpoint back to
+    /// the start and drops its parked events (they are tried again on the
+    /// way). Kafka keeps the messages already published, so consumers see
+    /// every event a second time; at-least-once consumers drop the
+    /// duplicates by stream and version (es-kafka's `KafkaProjectionRunner`
+    /// does). The supervisor has stopped the relay before, so no save of
+    /// its own overwrites the reset.
+    async fn rebuild(&self) -> es_core::Result<()> {
+        self.store
+            .save_checkpoint(
+                KAFKA_RELAY,
+                Checkpoint {
+                    position: Position::START,
+                    version: KAFKA_RELAY_VERSION,
+                },
+            )
+            .await?;
+        for parked in self.store.parked(KAFKA_RELAY).await? {
+            self.store
+                .unpark(KAFKA_RELAY, parked.event.position)
+                .await?;
+        }
+        tracing::info!(
+            relay = KAFKA_RELAY,
+            "relay reset: the whole log is published again"
+        );
+        Ok(())
+    }
+
+    async fn run(&self, mut stop: watch::Receiver<bool>) -> es_core::Result<()> {
+        self.relay
+            .run_until(async move {
+                // A dropped sender stops the relay too.
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
     }
 }
 

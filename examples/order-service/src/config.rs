@@ -74,6 +74,16 @@ pub struct Config {
     /// How log lines are written.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// The Kafka brokers (`host:port[,host:port…]`) to publish every event
+    /// to, one topic per aggregate; without it nothing is published.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: Option<String>,
+
+    /// With --kafka-bootstrap: the prefix of the topic names, which are
+    /// `{prefix}order` and `{prefix}inventory`.
+    #[arg(long, env = "KAFKA_TOPIC_PREFIX", default_value = "order-service.")]
+    pub kafka_topic_prefix: String,
 }
 
 impl Config {
@@ -104,6 +114,12 @@ mod tests {
         assert_eq!(default("store"), "sqlite");
         assert_eq!(default("listen"), "127.0.0.1:3000");
         assert_eq!(default("database_url"), "./order-service.db");
+        assert_eq!(default("kafka_topic_prefix"), "order-service.");
+        let kafka = command
+            .get_arguments()
+            .find(|a| a.get_id() == "kafka_bootstrap")
+            .unwrap();
+        assert!(kafka.get_default_values().is_empty(), "Kafka is opt-in");
     }
 
     #[test]
@@ -122,6 +138,23 @@ mod tests {
         assert_eq!(config.sqlite_path(), PathBuf::from("data/x.db"));
         assert_eq!(config.body_limit, 100);
         assert!(Config::try_parse_from(["order-service", "--store", "mongo"]).is_err());
+    }
+
+    #[test]
+    fn kafka_flags_are_parsed() {
+        let config = Config::try_parse_from([
+            "order-service",
+            "--kafka-bootstrap",
+            "10.0.0.7:9092,10.0.0.8:9092",
+            "--kafka-topic-prefix",
+            "shop.",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.kafka_bootstrap.as_deref(),
+            Some("10.0.0.7:9092,10.0.0.8:9092")
+        );
+        assert_eq!(config.kafka_topic_prefix, "shop.");
     }
 
     #[test]

@@ -13,8 +13,12 @@
 //! - **HTTP API** ([`router`]): JSON over axum, request ids as correlation
 //!   ids, JSON errors that name the broken rule, an OpenAPI document at
 //!   `/openapi.json`.
+//! - **Kafka** ([`kafka_relay`]): with `--kafka-bootstrap`, every event is
+//!   published to the topics `{prefix}order` and `{prefix}inventory` by a
+//!   relay that runs beside the projections (at least once, in stream order).
 //! - **Runtime** ([`run`]): configuration by flags and environment
-//!   ([`Config`]), structured logs, graceful shutdown.
+//!   ([`Config`]): SQLite by default, PostgreSQL and Kafka by configuration;
+//!   structured logs, graceful shutdown.
 //!
 //! ```no_run
 //! use clap::Parser;
@@ -30,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use es_core::{BoxError, ContextProvider, InMemoryStore};
+use es_kafka::{KafkaConfig, KafkaRelay};
 use es_postgres::PgEventStore;
 use es_sqlite::SqliteEventStore;
 use tokio::sync::watch;
@@ -44,7 +49,7 @@ mod projections;
 mod read_model;
 mod service;
 
-pub use crate::app::{App, AppStore};
+pub use crate::app::{kafka_relay, kafka_topics, App, AppStore, KAFKA_RELAY};
 pub use crate::checkout::Checkout;
 pub use crate::config::{Config, LogFormat, StoreKind};
 pub use crate::domain::{
@@ -107,10 +112,11 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Opens the configured store, starts the projections and serves the API
-/// until `shutdown` completes; then finishes the requests in flight (up to
-/// the grace period), stops the projections after their batch and closes
-/// the store.
+/// Opens the configured store, starts the projections (and the Kafka relay
+/// when `--kafka-bootstrap` is set) and serves the API until `shutdown`
+/// completes; then finishes the requests in flight (up to the grace period),
+/// stops the projections after their batch, lets the relay deliver what it
+/// has in flight, and closes the store.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -118,7 +124,9 @@ pub async fn run(
     match config.store {
         StoreKind::Memory => {
             tracing::warn!("the memory store keeps nothing after the process exits");
-            let app = App::new(InMemoryStore::new(), MemoryReadModels::new());
+            let store = InMemoryStore::new();
+            let relay = relay(&config, &store)?;
+            let app = App::with_relay(store, MemoryReadModels::new(), relay);
             serve(app, config, shutdown).await
         }
         StoreKind::Sqlite => {
@@ -128,7 +136,8 @@ pub async fn run(
                 .await
                 .map_err(|e| format!("cannot open the SQLite store {}: {e}", path.display()))?;
             let read_models = SqliteReadModels::open(store.clone()).await?;
-            let app = App::new(store.clone(), read_models);
+            let relay = relay(&config, &store)?;
+            let app = App::with_relay(store.clone(), read_models, relay);
             let served = serve(app, config, shutdown).await;
             store.close().await?;
             served
@@ -149,13 +158,30 @@ pub async fn run(
                 .await
                 .map_err(|e| format!("cannot open the PostgreSQL store: {e}"))?;
             let read_models = PgReadModels::open(store.clone()).await?;
-            let app = App::new(store, read_models);
+            let relay = relay(&config, &store)?;
+            let app = App::with_relay(store, read_models, relay);
             // The pool closes when the process exits: es-postgres has no
             // `close`, and closing its pool here makes its notification
             // listener log a reconnection warning.
             serve(app, config, shutdown).await
         }
     }
+}
+
+/// The Kafka relay of `--kafka-bootstrap`, or `None` without it.
+fn relay<S: AppStore>(config: &Config, store: &S) -> Result<Option<KafkaRelay<S>>, BoxError> {
+    let Some(bootstrap) = config
+        .kafka_bootstrap
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let prefix = config.kafka_topic_prefix.as_str();
+    let relay = kafka_relay(store.clone(), &KafkaConfig::new(bootstrap), prefix)
+        .map_err(|e| format!("cannot set up the Kafka relay to {bootstrap}: {e}"))?;
+    tracing::info!(%bootstrap, topics = ?kafka_topics(prefix), "publishing every event to Kafka");
+    Ok(Some(relay))
 }
 
 async fn serve<S, R>(

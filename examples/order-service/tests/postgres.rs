@@ -256,7 +256,7 @@ async fn the_server_runs_on_postgres_until_shutdown() {
         .local_addr()
         .unwrap()
         .port();
-    let config = Config::try_parse_from([
+    let mut config = Config::try_parse_from([
         "order-service",
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -268,6 +268,8 @@ async fn the_server_runs_on_postgres_until_shutdown() {
         &schema.name,
     ])
     .unwrap();
+    // KAFKA_BOOTSTRAP may be set for the Kafka tests: publishing is theirs.
+    config.kafka_bootstrap = None;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Not spawned: `run` also holds the SQLite branch, whose open is not `Send`.
     let server = order_service::run(config, async {

@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use clap::Parser;
-use common::{line, order_lifecycle, FlakyStore, TestApp};
+use common::{http, line, order_lifecycle, FlakyStore, TestApp};
 use es_core::{Checkpoint, ContextProvider, EventStore};
 use es_sqlite::{SqliteEventStore, SqliteTx};
 use order_service::{Config, SqliteReadModels};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn open(path: &Path) -> (SqliteEventStore, SqliteReadModels) {
     let store = SqliteEventStore::open(path).await.unwrap();
@@ -174,33 +173,6 @@ async fn a_saga_crash_on_sqlite_completes_exactly_once_after_reopening() {
     store.close().await.unwrap();
 }
 
-/// Sends one HTTP/1.1 request to 127.0.0.1 and returns the raw response.
-async fn http(port: u16, request: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(stream) => break stream,
-            Err(error) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the server never listened: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    response
-}
-
 #[tokio::test]
 async fn the_server_runs_on_sqlite_until_shutdown() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,7 +182,7 @@ async fn the_server_runs_on_sqlite_until_shutdown() {
         .local_addr()
         .unwrap()
         .port();
-    let config = Config::try_parse_from([
+    let mut config = Config::try_parse_from([
         "order-service",
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -222,6 +194,8 @@ async fn the_server_runs_on_sqlite_until_shutdown() {
         "5",
     ])
     .unwrap();
+    // KAFKA_BOOTSTRAP may be set for the Kafka tests: publishing is theirs.
+    config.kafka_bootstrap = None;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // Not spawned: the future of `SqliteEventStore::open` is not `Send`.
     let server = order_service::run(config, async {

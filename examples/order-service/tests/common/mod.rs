@@ -1,11 +1,12 @@
 //! Helpers of the integration tests: the app behind its real router, JSON
-//! requests through `tower::ServiceExt::oneshot`, a store wrapper that
-//! injects failures, and the order lifecycle shared by every store.
+//! requests through `tower::ServiceExt::oneshot`, raw requests to a served
+//! port, a store wrapper that injects failures, and the order lifecycle
+//! shared by every store.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -16,8 +17,10 @@ use es_core::{
     EventFilter, EventStore, ExpectedVersion, InMemoryStore, LogSlice, NewEvent, ParkedEvent,
     Position, RecordedEvent, Snapshot, SnapshotStore, StreamId, Version,
 };
+use es_kafka::KafkaRelay;
 use order_service::{App, AppStore, HttpConfig, MemoryReadModels, ReadModelStore};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
 /// How long a test waits for the projections.
@@ -80,7 +83,12 @@ where
 {
     /// An app whose projections are not running.
     pub fn stopped(store: S, read_models: R) -> Self {
-        let app = App::new(store, read_models);
+        Self::stopped_with_relay(store, read_models, None)
+    }
+
+    /// An app, with a Kafka relay when given, whose projections are not running.
+    pub fn stopped_with_relay(store: S, read_models: R, relay: Option<KafkaRelay<S>>) -> Self {
+        let app = App::with_relay(store, read_models, relay);
         let router = order_service::router(Arc::new(app.clone()), &HttpConfig::default());
         Self { app, router }
     }
@@ -88,6 +96,13 @@ where
     /// An app whose projections run.
     pub async fn started(store: S, read_models: R) -> Self {
         let test = Self::stopped(store, read_models);
+        test.app.start().await;
+        test
+    }
+
+    /// An app whose projections and Kafka relay run.
+    pub async fn started_with_relay(store: S, read_models: R, relay: KafkaRelay<S>) -> Self {
+        let test = Self::stopped_with_relay(store, read_models, Some(relay));
         test.app.start().await;
         test
     }
@@ -187,6 +202,33 @@ where
             .unwrap()
             .len()
     }
+}
+
+/// Sends one HTTP/1.1 request to 127.0.0.1 and returns the raw response.
+pub async fn http(port: u16, request: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(stream) => break stream,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the server never listened: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    response
 }
 
 pub fn line(sku: &str, quantity: u32, cents: u64) -> Value {
