@@ -72,14 +72,7 @@ async fn a_consumer_killed_mid_batch_applies_each_effect_once() {
     assert_eq!(totals(&read_model).await, expected_totals(&source).await);
 
     // Another group reads the whole topic again: every event is a duplicate.
-    let replay = KafkaProjectionRunner::new(
-        &config,
-        unique("group"),
-        [&topic],
-        read_model.clone(),
-        ItemTotals::default(),
-    )
-    .unwrap();
+    let replay = totals_runner(&config, &topic, &read_model);
     let running = replay.spawn();
     eventually("the topic read again", Duration::from_secs(120), || async {
         replay.stats().duplicates() == head
@@ -184,14 +177,7 @@ async fn bad_messages_are_parked_or_stop_the_projection() {
     let read_model = read_model_store(dir.path()).await;
 
     // Stop: the first bad message ends the run, naming where it is.
-    let stopping = KafkaProjectionRunner::new(
-        &config,
-        unique("group"),
-        [&topic],
-        read_model.clone(),
-        ItemTotals::default(),
-    )
-    .unwrap();
+    let stopping = totals_runner(&config, &topic, &read_model);
     let error = tokio::time::timeout(
         Duration::from_secs(60),
         stopping.run_until(std::future::pending()),
@@ -215,15 +201,7 @@ async fn bad_messages_are_parked_or_stop_the_projection() {
     );
 
     // Park: bad messages are kept with topic, partition and offset; the rest applies.
-    let parking = KafkaProjectionRunner::new(
-        &config,
-        unique("group"),
-        [&topic],
-        read_model.clone(),
-        ItemTotals::default(),
-    )
-    .unwrap()
-    .failure_policy(FailurePolicy::Park);
+    let parking = totals_runner(&config, &topic, &read_model).failure_policy(FailurePolicy::Park);
     let running = parking.spawn();
     eventually("all six messages seen", Duration::from_secs(60), || async {
         parking.stats().handled() + parking.stats().parked() == 6

@@ -10,7 +10,7 @@ use es_core::{
     AppendOptions, EventId, EventStore, ExpectedVersion, InMemoryStore, Metadata, NewEvent,
     StreamId,
 };
-use es_kafka::{KafkaConfig, KafkaProjectionRunner, KafkaRelay, TopicMapping};
+use es_kafka::{KafkaConfig, KafkaRelay, TopicMapping};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_every_event_once_in_stream_order() {
@@ -247,14 +247,7 @@ async fn a_relay_killed_before_its_checkpoint_only_duplicates() {
 
     let dir = tempfile::tempdir().unwrap();
     let read_model = read_model_store(dir.path()).await;
-    let runner = KafkaProjectionRunner::new(
-        &config,
-        unique("group"),
-        [&topic],
-        read_model.clone(),
-        ItemTotals::default(),
-    )
-    .unwrap();
+    let runner = totals_runner(&config, &topic, &read_model);
     let consuming = runner.spawn();
     let expected = expected_totals(&source).await;
     eventually("read model complete", Duration::from_secs(120), || async {

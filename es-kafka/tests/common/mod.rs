@@ -170,6 +170,23 @@ impl ResetProjection for ItemTotals {
     }
 }
 
+/// A runner of [`ItemTotals`] over `topic` into `read_model`, in a new
+/// consumer group.
+pub fn totals_runner(
+    config: &es_kafka::KafkaConfig,
+    topic: &str,
+    read_model: &SqliteEventStore,
+) -> es_kafka::KafkaProjectionRunner<ItemTotals, SqliteEventStore> {
+    es_kafka::KafkaProjectionRunner::new(
+        config,
+        unique("group"),
+        [topic],
+        read_model.clone(),
+        ItemTotals::default(),
+    )
+    .unwrap()
+}
+
 /// (total, events, last version) per stream.
 pub type Totals = BTreeMap<String, (i64, i64, i64)>;
 
@@ -252,7 +269,8 @@ pub struct Received {
     pub payload: serde_json::Value,
 }
 
-/// Reads `topic` from the start until `count` messages arrived or `limit` passed.
+/// Reads `topic` from the start until messages of `count` distinct events
+/// (by `es-event-id`) arrived, or `limit` passed; duplicates are kept.
 pub async fn read_topic(
     bootstrap: &str,
     topic: &str,
@@ -268,8 +286,9 @@ pub async fn read_topic(
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let deadline = tokio::time::Instant::now() + limit;
-    let mut received = Vec::with_capacity(count);
-    while received.len() < count {
+    let mut received: Vec<Received> = Vec::with_capacity(count);
+    let mut distinct = std::collections::HashSet::new();
+    while distinct.len() < count {
         let message = match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Err(_) => break,
             Ok(Err(error)) => {
@@ -278,7 +297,7 @@ pub async fn read_topic(
             }
             Ok(Ok(message)) => message,
         };
-        let headers = message
+        let headers: BTreeMap<String, String> = message
             .headers()
             .map(|h| {
                 h.iter()
@@ -291,6 +310,9 @@ pub async fn read_topic(
                     .collect()
             })
             .unwrap_or_default();
+        if let Some(id) = headers.get("es-event-id") {
+            distinct.insert(id.clone());
+        }
         received.push(Received {
             partition: message.partition(),
             offset: message.offset(),
