@@ -3,6 +3,7 @@
 //! The key is the stream id; the value is the event's JSON payload at the
 //! schema version named in its headers; the headers carry everything else.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -170,7 +171,7 @@ impl Incoming {
         if let Some(headers) = message.headers() {
             for header in headers.iter() {
                 let Some(value) = header.value else { continue };
-                fields.set(header.key, String::from_utf8_lossy(value).into_owned());
+                fields.set(header.key, String::from_utf8_lossy(value));
             }
         }
         let key = message
@@ -192,8 +193,8 @@ impl Incoming {
 
 /// Header values by their place in [`KNOWN`], and the other metadata.
 #[derive(Default)]
-struct Fields {
-    known: [Option<String>; KNOWN.len()],
+struct Fields<'m> {
+    known: [Option<Cow<'m, str>>; KNOWN.len()],
     extra: BTreeMap<String, String>,
 }
 
@@ -210,14 +211,16 @@ const KNOWN: [&str; 10] = [
     names::CONTENT_TYPE,
 ];
 
-impl Fields {
-    fn set(&mut self, key: &str, value: String) {
+impl<'m> Fields<'m> {
+    /// Keeps a header's value; the known ones borrowed from the message.
+    fn set(&mut self, key: &str, value: Cow<'m, str>) {
         if let Some(i) = KNOWN.iter().position(|n| *n == key) {
             self.known[i] = Some(value);
         } else if key == names::TRACEPARENT {
-            self.extra.insert(TRACEPARENT_KEY.to_owned(), value);
+            self.extra
+                .insert(TRACEPARENT_KEY.to_owned(), value.into_owned());
         } else if let Some(meta) = key.strip_prefix(names::META_PREFIX) {
-            self.extra.insert(meta.to_owned(), value);
+            self.extra.insert(meta.to_owned(), value.into_owned());
         }
     }
 
@@ -249,7 +252,7 @@ impl Fields {
         fn parse<T: std::str::FromStr>(
             origin: &MessageOrigin,
             header: &'static str,
-            value: Option<String>,
+            value: Option<Cow<'_, str>>,
             note: &mut dyn FnMut(MessageError),
         ) -> Option<T> {
             let value = value?;
@@ -259,13 +262,15 @@ impl Fields {
                     note(MessageError::InvalidHeader {
                         origin: origin.clone(),
                         header,
-                        value,
+                        value: value.into_owned(),
                     });
                     None
                 }
             }
         }
-        let event_type = text(names::EVENT_TYPE, true, &mut note).unwrap_or_default();
+        let event_type = text(names::EVENT_TYPE, true, &mut note)
+            .map(Cow::into_owned)
+            .unwrap_or_default();
         let schema_version = text(names::SCHEMA_VERSION, true, &mut note);
         let schema_version: u32 =
             parse(origin, names::SCHEMA_VERSION, schema_version, &mut note).unwrap_or(0);
@@ -274,7 +279,7 @@ impl Fields {
         let event_id = text(names::EVENT_ID, true, &mut note);
         let event_id: uuid::Uuid =
             parse(origin, names::EVENT_ID, event_id, &mut note).unwrap_or_default();
-        let header_stream = text(names::STREAM_ID, false, &mut note);
+        let header_stream = text(names::STREAM_ID, false, &mut note).map(Cow::into_owned);
         let stream_id = match key.or(header_stream) {
             Some(stream) => stream,
             None => {
@@ -316,8 +321,8 @@ impl Fields {
             },
         };
         let metadata = Metadata {
-            correlation_id: text(names::CORRELATION_ID, false, &mut note),
-            causation_id: text(names::CAUSATION_ID, false, &mut note),
+            correlation_id: text(names::CORRELATION_ID, false, &mut note).map(Cow::into_owned),
+            causation_id: text(names::CAUSATION_ID, false, &mut note).map(Cow::into_owned),
             recorded_at: Some(recorded_at),
             extra: self.extra,
         };
