@@ -334,6 +334,25 @@ where
         &self.stats
     }
 
+    /// The store the relay follows.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Makes the relay publish the whole log again: moves its checkpoint
+    /// back to the start and drops its parked events (they are tried again
+    /// on the way). Consumers see every event a second time and drop the
+    /// duplicates by stream and version. Stop the relay first, so that no
+    /// save of its own overwrites the reset.
+    pub async fn reset(&self) -> Result<()> {
+        self.save(Position::START).await?;
+        for parked in self.store.parked(&self.name).await? {
+            self.store.unpark(&self.name, parked.event.position).await?;
+        }
+        tracing::info!(relay = %self.name, "relay reset: the whole log is published again");
+        Ok(())
+    }
+
     /// The relay's saved checkpoint.
     pub async fn checkpoint(&self) -> Result<Position> {
         Ok(self

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use es_core::{
-    Aggregate, Checkpoint, CheckpointStore, ContextProvider, EventStore, ExecuteError, Executed,
-    FailurePolicy, Metadata, Position, Projection, ProjectionRunner, ProjectionStatus, Repository,
-    SnapshotStore, Version,
+    Aggregate, CheckpointStore, ContextProvider, EventStore, ExecuteError, Executed, FailurePolicy,
+    Metadata, Position, Projection, ProjectionRunner, ProjectionStatus, Repository, SnapshotStore,
+    Version,
 };
 use es_kafka::{KafkaConfig, KafkaRelay, TopicMapping};
 use tokio::sync::watch;
@@ -185,10 +185,7 @@ where
             ),
         ];
         if let Some(relay) = relay {
-            workers.push(Worker::new(Arc::new(Relay {
-                relay: relay.name(KAFKA_RELAY),
-                store: store.clone(),
-            })));
+            workers.push(Worker::new(Arc::new(relay.name(KAFKA_RELAY))));
         }
         Self {
             inner: Arc::new(Inner {
@@ -544,65 +541,36 @@ where
     }
 }
 
-/// The Kafka relay, with the store it reads: its status comes from the
-/// store (the relay keeps its store to itself).
-struct Relay<S> {
-    relay: KafkaRelay<S>,
-    store: S,
-}
-
 #[async_trait]
-impl<S: AppStore> Supervised for Relay<S> {
+impl<S: AppStore> Supervised for KafkaRelay<S> {
     fn name(&self) -> &'static str {
         KAFKA_RELAY
     }
 
     async fn status(&self) -> es_core::Result<ProjectionStatus> {
+        let store = self.store();
         Ok(ProjectionStatus {
             name: KAFKA_RELAY,
             version: KAFKA_RELAY_VERSION,
-            checkpoint: self.store.load_checkpoint(KAFKA_RELAY).await?,
-            head: self.store.head().await?,
-            parked: self.store.parked(KAFKA_RELAY).await?.len(),
+            checkpoint: store.load_checkpoint(KAFKA_RELAY).await?,
+            head: store.head().await?,
+            parked: store.parked(KAFKA_RELAY).await?.len(),
         })
     }
 
-    /// Publishes the whole log again: moves the relay's checkpoint back to
-    /// the start and drops its parked events (they are tried again on the
-    /// way). Kafka keeps the messages already published, so consumers see
-    /// every event a second time; at-least-once consumers drop the
-    /// duplicates by stream and version (es-kafka's `KafkaProjectionRunner`
-    /// does). The supervisor has stopped the relay before, so no save of
-    /// its own overwrites the reset.
+    /// Publishes the whole log again ([`KafkaRelay::reset`]); at-least-once
+    /// consumers drop the duplicates. The supervisor has stopped the relay
+    /// before.
     async fn rebuild(&self) -> es_core::Result<()> {
-        self.store
-            .save_checkpoint(
-                KAFKA_RELAY,
-                Checkpoint {
-                    position: Position::START,
-                    version: KAFKA_RELAY_VERSION,
-                },
-            )
-            .await?;
-        for parked in self.store.parked(KAFKA_RELAY).await? {
-            self.store
-                .unpark(KAFKA_RELAY, parked.event.position)
-                .await?;
-        }
-        tracing::info!(
-            relay = KAFKA_RELAY,
-            "relay reset: the whole log is published again"
-        );
-        Ok(())
+        self.reset().await
     }
 
     async fn run(&self, mut stop: watch::Receiver<bool>) -> es_core::Result<()> {
-        self.relay
-            .run_until(async move {
-                // A dropped sender stops the relay too.
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
+        self.run_until(async move {
+            // A dropped sender stops the relay too.
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await
     }
 }
 
