@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    CheckpointStore, Error, EventFilter, FailurePolicy, Inbox, ParkedEvent, Position, Projection,
-    RecordedEvent, Result,
+    Checkpoint, CheckpointStore, Error, EventFilter, FailurePolicy, Inbox, ParkedEvent, Position,
+    Projection, RecordedEvent, Result,
 };
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -278,6 +278,12 @@ where
         &self.inner.stats
     }
 
+    /// The checkpoint key under which the store keeps the projection version
+    /// the read model was built by (the offsets are the broker's).
+    fn version_key() -> String {
+        format!("{}@kafka", P::NAME)
+    }
+
     /// The key parked messages of one partition are kept under.
     fn parking_key(topic: &str, partition: i32) -> String {
         format!("{}@{topic}#{partition}", P::NAME)
@@ -302,7 +308,11 @@ where
     /// committed first. Transient broker errors are logged and the consumer
     /// keeps going; a message the projection cannot handle ends the run with
     /// the error under [`FailurePolicy::Stop`].
+    ///
+    /// When the stored projection version differs from the code's, the read
+    /// model is [rebuilt](Self::rebuild) first.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        self.check_version().await?;
         let consumer = self.consumer()?;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
@@ -349,6 +359,126 @@ where
         RunningKafkaProjection::spawn_with(
             |shutdown| async move { runner.run_until(shutdown).await },
         )
+    }
+
+    /// Rebuilds when the read model was built by another projection version;
+    /// records the version on the first run.
+    async fn check_version(&self) -> Result<()> {
+        let store = &self.inner.store;
+        match store.load_checkpoint(&Self::version_key()).await? {
+            Some(stored) if stored.version == P::VERSION => Ok(()),
+            Some(stored) => {
+                tracing::info!(
+                    projection = P::NAME,
+                    stored = stored.version,
+                    current = P::VERSION,
+                    "projection version changed; rebuilding from the topics"
+                );
+                self.rebuild().await
+            }
+            None => {
+                store
+                    .save_checkpoint(&Self::version_key(), Self::version_checkpoint())
+                    .await
+            }
+        }
+    }
+
+    fn version_checkpoint() -> Checkpoint {
+        Checkpoint {
+            position: Position::START,
+            version: P::VERSION,
+        }
+    }
+
+    /// Builds the read model again from the topics: moves the consumer
+    /// group's offsets back to the oldest message each partition keeps,
+    /// then, in one context (one transaction where the store has them),
+    /// resets the read model, forgets the events claimed in the [`Inbox`]
+    /// and records the projection version; the parked messages of the
+    /// topics are dropped. The next run consumes the topics from the start.
+    ///
+    /// Stop every runner of the group first: the broker refuses to move the
+    /// offsets of a group that has members, and this fails without changing
+    /// the read model. If the rebuild stops halfway, the offsets may have
+    /// moved back with the read model intact; the events then come again as
+    /// duplicates and are dropped, so nothing is applied twice.
+    ///
+    /// A rebuild sees what the topics still hold. For a complete read model
+    /// they must keep every event (`retention.ms = -1`, no compaction), or
+    /// the source service publishes its whole log again
+    /// ([`KafkaRelay::reset`](crate::KafkaRelay::reset)).
+    pub async fn rebuild(&self) -> Result<()> {
+        self.rewind_offsets().await?;
+        let store = &self.inner.store;
+        let mut context = store.begin().await?;
+        self.inner
+            .projection
+            .reset(&mut context)
+            .await
+            .map_err(|source| Error::Store {
+                message: format!("projection `{}` failed to reset", P::NAME),
+                source: Some(source),
+            })?;
+        store.reset_claims(&mut context, P::NAME).await?;
+        store
+            .commit(
+                context,
+                &Self::version_key(),
+                Some(Self::version_checkpoint()),
+            )
+            .await?;
+        for parked in self.parked().await? {
+            let key = Self::parking_key(&parked.origin.topic, parked.origin.partition);
+            let offset = u64::try_from(parked.origin.offset).unwrap_or(0);
+            store.unpark(&key, Position(offset)).await?;
+        }
+        tracing::info!(projection = P::NAME, group = %self.inner.group, "Kafka projection reset for rebuild");
+        Ok(())
+    }
+
+    /// Commits, for the group, the oldest offset of every partition of the
+    /// runner's topics.
+    async fn rewind_offsets(&self) -> Result<()> {
+        let runner = self.clone();
+        blocking(move || {
+            let inner = &*runner.inner;
+            let consumer = runner.plain_consumer()?;
+            let mut offsets = TopicPartitionList::new();
+            for (topic, partitions) in partition_counts(&consumer, &inner.topics)? {
+                for partition in 0..partitions {
+                    let (low, _high) = consumer
+                        .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
+                        .map_err(|e| {
+                            Error::store(format!("cannot read the offsets of {topic}#{partition}"), e)
+                        })?;
+                    offsets
+                        .add_partition_offset(&topic, partition, Offset::Offset(low))
+                        .map_err(|e| Error::store("cannot list an offset to commit", e))?;
+                }
+            }
+            consumer.commit(&offsets, CommitMode::Sync).map_err(|e| {
+                Error::store(
+                    format!(
+                        "cannot move the offsets of consumer group `{}` back (are its consumers still running?)",
+                        inner.group
+                    ),
+                    e,
+                )
+            })
+        })
+        .await
+    }
+
+    /// A consumer of the group that joins nothing: for metadata and offsets.
+    fn plain_consumer(&self) -> Result<BaseConsumer> {
+        let inner = &*self.inner;
+        inner
+            .config
+            .client(CONSUMER_DEFAULTS, CONSUMER_FIXED)
+            .set("group.id", &inner.group)
+            .create()
+            .map_err(|e| Error::store("cannot create a Kafka client", e))
     }
 
     /// Handles one batch in one context, parking or stopping at failures.
@@ -516,33 +646,35 @@ where
     /// The partition count of each of the runner's topics.
     async fn partitions(&self) -> Result<BTreeMap<String, i32>> {
         let runner = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let inner = &*runner.inner;
-            let consumer: rdkafka::consumer::BaseConsumer = inner
-                .config
-                .client(CONSUMER_DEFAULTS, CONSUMER_FIXED)
-                .set("group.id", &inner.group)
-                .create()
-                .map_err(|e| Error::store("cannot create a Kafka client", e))?;
-            let mut counts = BTreeMap::new();
-            for topic in &inner.topics {
-                let metadata = consumer
-                    .fetch_metadata(Some(topic), Duration::from_secs(10))
-                    .map_err(|e| {
-                        Error::store(format!("cannot read the metadata of `{topic}`"), e)
-                    })?;
-                let partitions = metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map_or(0, |t| t.partitions().len());
-                counts.insert(topic.clone(), i32::try_from(partitions).unwrap_or(i32::MAX));
-            }
-            Ok(counts)
-        })
-        .await
-        .map_err(|e| Error::store("the metadata task failed", e))?
+        blocking(move || partition_counts(&runner.plain_consumer()?, &runner.inner.topics)).await
     }
+}
+
+/// How long a metadata or offset request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a blocking client call off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::store("a Kafka client task failed", e))?
+}
+
+/// The partition count of each of `topics` (0 for a topic that does not exist).
+fn partition_counts(consumer: &BaseConsumer, topics: &[String]) -> Result<BTreeMap<String, i32>> {
+    let mut counts = BTreeMap::new();
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+            .map_err(|e| Error::store(format!("cannot read the metadata of `{topic}`"), e))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        counts.insert(topic.clone(), i32::try_from(partitions).unwrap_or(i32::MAX));
+    }
+    Ok(counts)
 }
 
 fn message_error(error: MessageError) -> Error {

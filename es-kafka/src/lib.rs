@@ -57,6 +57,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Changing the projection's [`VERSION`](es_core::Projection::VERSION), or
+//! calling [`KafkaProjectionRunner::rebuild`] with the group stopped, builds
+//! the read model again from the oldest offsets the topics keep.
+//!
 //! # Message format
 //!
 //! | part | content |

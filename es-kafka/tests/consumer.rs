@@ -5,9 +5,13 @@ mod common;
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::*;
-use es_core::{EventStore, FailurePolicy, InMemoryStore};
+use es_core::{
+    BoxError, CheckpointStore, EventStore, FailurePolicy, InMemoryStore, Projection, RecordedEvent,
+};
 use es_kafka::{KafkaConfig, KafkaProjectionRunner, KafkaRelay, TopicMapping};
+use es_sqlite::{SqliteEventStore, SqliteTx};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -18,13 +22,18 @@ async fn relayed(bootstrap: &str, streams: usize, per_stream: usize) -> (InMemor
     fill(&source, streams, per_stream, 10).await;
     let topic = unique("items");
     create_topic(bootstrap, &topic, 4).await;
+    relay(bootstrap, &source, &topic).await;
+    (source, topic)
+}
+
+/// Relays what `source` has that was not relayed yet to `topic`.
+async fn relay(bootstrap: &str, source: &InMemoryStore, topic: &str) {
     KafkaRelay::new(source.clone(), &KafkaConfig::new(bootstrap))
         .unwrap()
-        .topics(TopicMapping::single(&topic))
+        .topics(TopicMapping::single(topic))
         .catch_up(3)
         .await
         .unwrap();
-    (source, topic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,6 +94,117 @@ async fn a_consumer_killed_mid_batch_applies_each_effect_once() {
         expected_totals(&source).await,
         "no effect applied twice"
     );
+}
+
+/// [`ItemTotals`] at its next version: the same read model, to be built again.
+#[derive(Default)]
+struct ItemTotalsV2(ItemTotals);
+
+#[async_trait]
+impl Projection for ItemTotalsV2 {
+    type Context = SqliteTx;
+    const NAME: &'static str = ItemTotals::NAME;
+    const VERSION: u32 = ItemTotals::VERSION + 1;
+
+    fn event_types() -> Option<Vec<String>> {
+        ItemTotals::event_types()
+    }
+
+    async fn handle(&self, tx: &mut SqliteTx, event: &RecordedEvent) -> Result<(), BoxError> {
+        self.0.handle(tx, event).await
+    }
+
+    async fn reset(&self, tx: &mut SqliteTx) -> Result<(), BoxError> {
+        self.0.reset(tx).await
+    }
+}
+
+/// Adds 1,000 to every total, as a bug in an earlier handler could have.
+async fn corrupt(read_model: &SqliteEventStore) {
+    let mut tx = read_model.transaction().await.unwrap();
+    sqlx::query("UPDATE item_totals SET total = total + 1000")
+        .execute(tx.conn())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_replays_the_topics_and_a_new_version_rebuilds_by_itself() {
+    let Some(bootstrap) = broker() else { return };
+    let (source, topic) = relayed(&bootstrap, 20, 50).await;
+    let head = source.head().await.unwrap().0;
+    let expected = expected_totals(&source).await;
+    let dir = tempfile::tempdir().unwrap();
+    let read_model = read_model_store(dir.path()).await;
+    let config = KafkaConfig::new(&bootstrap);
+    let group = unique("group");
+    let runner = KafkaProjectionRunner::new(
+        &config,
+        &group,
+        [&topic],
+        read_model.clone(),
+        ItemTotals::default(),
+    )
+    .unwrap();
+    let build = |running: es_kafka::RunningKafkaProjection, expected: &Totals| {
+        let (read_model, expected) = (read_model.clone(), expected.clone());
+        async move {
+            eventually("the read model built", Duration::from_secs(60), || async {
+                totals(&read_model).await == expected
+            })
+            .await;
+            running.stop().await.unwrap();
+        }
+    };
+    build(runner.spawn(), &expected).await;
+    assert_eq!(totals(&read_model).await, expected);
+
+    // While the group has a running member the broker refuses to move its
+    // offsets, and the read model stays as it is.
+    let running = runner.spawn();
+    fill(&source, 1, 1, 1).await;
+    relay(&bootstrap, &source, &topic).await;
+    let expected = expected_totals(&source).await;
+    eventually("the new event applied", Duration::from_secs(60), || async {
+        totals(&read_model).await == expected
+    })
+    .await;
+    let error = runner.rebuild().await.unwrap_err();
+    assert!(error.to_string().contains("still running"), "{error}");
+    assert_eq!(totals(&read_model).await, expected);
+    running.stop().await.unwrap();
+    let head = head + 1;
+
+    // A rebuild of the same version empties the read model and consumes the
+    // topic again from its first offset.
+    corrupt(&read_model).await;
+    runner.rebuild().await.unwrap();
+    assert!(totals(&read_model).await.is_empty());
+    build(runner.spawn(), &expected).await;
+    assert_eq!(totals(&read_model).await, expected);
+    assert_eq!(runner.stats().handled(), 2 * head);
+    assert_eq!(runner.stats().duplicates(), 0, "the claims were reset too");
+
+    // A new projection version rebuilds when it starts.
+    corrupt(&read_model).await;
+    let next = KafkaProjectionRunner::new(
+        &config,
+        &group,
+        [&topic],
+        read_model.clone(),
+        ItemTotalsV2::default(),
+    )
+    .unwrap();
+    build(next.spawn(), &expected).await;
+    assert_eq!(totals(&read_model).await, expected);
+    assert_eq!(next.stats().handled(), head);
+    let recorded = read_model
+        .load_checkpoint("item_totals@kafka")
+        .await
+        .unwrap()
+        .expect("the version is recorded");
+    assert_eq!(recorded.version, ItemTotalsV2::VERSION);
 }
 
 /// A hand-made message: key, headers, payload.
