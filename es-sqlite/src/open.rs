@@ -284,12 +284,6 @@ async fn migrate(path: &Path, conn: &mut SqliteConnection) -> Result<()> {
     }
 }
 
-/// How much of the database file a connection maps into memory. A reader
-/// starts each read transaction after a commit with an empty page cache (that
-/// is how SQLite keeps it consistent); mapped pages are read without a system
-/// call each.
-const MMAP_SIZE: &str = "268435456";
-
 /// The pool of read-only connections of a file.
 pub(crate) fn reader_pool(path: &Path, options: &SqliteStoreOptions) -> SqlitePool {
     let connect = SqliteConnectOptions::new()
@@ -297,7 +291,10 @@ pub(crate) fn reader_pool(path: &Path, options: &SqliteStoreOptions) -> SqlitePo
         .read_only(true)
         .create_if_missing(false)
         .foreign_keys(true)
-        .pragma("mmap_size", MMAP_SIZE)
+        // No memory-mapped I/O (SQLite's default): after every commit of
+        // another connection SQLite unmaps the whole mapping at the start of
+        // the next read transaction, which costs a reader more than reading
+        // the few pages it needs.
         .busy_timeout(options.busy_timeout);
     SqlitePoolOptions::new()
         .max_connections(options.readers.max(1))

@@ -230,6 +230,20 @@ impl Inner {
         }
     }
 
+    /// A connection for a short read of one stream: the writer when no write
+    /// holds it, otherwise a reader. The writer made the last commits
+    /// itself, so its page cache is still valid, whereas a reader starts
+    /// every read transaction after another connection's commit with an
+    /// empty cache.
+    async fn stream_reader(&self) -> es_core::Result<ReadConn> {
+        if let Ok(guard) = Arc::clone(&self.writer).try_lock_owned() {
+            if let Ok(conn) = OwnedMutexGuard::try_map(guard, Option::as_mut) {
+                return Ok(ReadConn::Writer(conn));
+            }
+        }
+        self.reader().await
+    }
+
     /// Publishes a committed position to waiting readers.
     fn advance(&self, position: Position) {
         self.head.send_if_modified(|head| {
@@ -801,7 +815,7 @@ impl EventStore for SqliteEventStore {
         from: Version,
         limit: usize,
     ) -> es_core::Result<Vec<RecordedEvent>> {
-        let mut conn = self.inner.reader().await?;
+        let mut conn = self.inner.stream_reader().await?;
         // Versions of a stream have no gaps (each append checks the version
         // it continues), so a range of versions is the page: an index range
         // that SQLite aggregates without a subquery.
@@ -821,7 +835,7 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> es_core::Result<Version> {
-        let mut conn = self.inner.reader().await?;
+        let mut conn = self.inner.stream_reader().await?;
         Self::version_on(&mut conn, stream_id).await
     }
 
