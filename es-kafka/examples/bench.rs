@@ -19,7 +19,12 @@
 //!   framework's own cost;
 //! - consumer: the same 100,000 messages read by a new consumer group into an
 //!   in-memory read model through the projection runner, with claims and
-//!   offset commits, until the last one is handled (events/s).
+//!   offset commits, from the first message received until the last one is
+//!   handled (events/s);
+//! - group join: how long a new consumer group waits for its first message.
+//!   The broker holds a new group's first assignment back for a few seconds
+//!   (Kafka's `group.initial.rebalance.delay.ms`), a one-time cost per
+//!   start that the consumer rates above leave out.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -120,8 +125,9 @@ async fn relay(config: &KafkaConfig, store: &InMemoryStore, topic: &str) -> Outc
     Ok(EVENTS as f64 / elapsed.as_secs_f64())
 }
 
-/// Reads the topic into the in-memory read model; events/s.
-async fn consume(config: &KafkaConfig, topic: &str) -> Outcome<f64> {
+/// Reads the topic into the in-memory read model; events/s from the first
+/// message received, and the seconds until it was.
+async fn consume(config: &KafkaConfig, topic: &str) -> Outcome<(f64, f64)> {
     let group = format!("bench-{}", uuid::Uuid::now_v7().simple());
     let runner = KafkaProjectionRunner::new(
         config,
@@ -131,19 +137,25 @@ async fn consume(config: &KafkaConfig, topic: &str) -> Outcome<f64> {
         Counts::default(),
     )?
     .batch_size(2000);
-    let start = Instant::now();
+    let spawned = Instant::now();
     let running = runner.spawn();
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = spawned + Duration::from_secs(600);
+    let mut first = None;
     while runner.stats().handled() < EVENTS {
         if running.is_finished() || Instant::now() > deadline {
             running.stop().await?;
             return Err("the consumer stopped before the end".into());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if first.is_none() && runner.stats().received() > 0 {
+            first = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let elapsed = start.elapsed();
+    let done = Instant::now();
     running.stop().await?;
-    Ok(EVENTS as f64 / elapsed.as_secs_f64())
+    let first = first.unwrap_or(done);
+    let rate = EVENTS as f64 / done.duration_since(first).as_secs_f64();
+    Ok((rate, first.duration_since(spawned).as_secs_f64()))
 }
 
 const FLOOR_HEADERS: [&str; 9] = [
@@ -195,7 +207,8 @@ async fn produce_floor(bootstrap: &str, topic: &str) -> Outcome<f64> {
     Ok(EVENTS as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The floor of the consumer: a plain consumer reading the topic, no work.
+/// The floor of the consumer: a plain consumer reading the topic, no work,
+/// from the first message.
 async fn consume_floor(bootstrap: &str, topic: &str) -> Outcome<f64> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -208,8 +221,9 @@ async fn consume_floor(bootstrap: &str, topic: &str) -> Outcome<f64> {
         .set("fetch.wait.max.ms", "100")
         .create()?;
     consumer.subscribe(&[topic])?;
+    tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
     let start = Instant::now();
-    let mut read = 0;
+    let mut read = 1;
     while read < EVENTS {
         tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await??;
         read += 1;
@@ -240,10 +254,13 @@ async fn main() -> Outcome<()> {
         ("consumer → in-memory read model", "≥ 30,000", Vec::new()),
         ("floor: plain consumer, no work", "", Vec::new()),
     ];
+    let mut joins = Vec::new();
     for run in 0..RUNS {
         let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
         rows[0].2.push(relay(&config, &store, &topic).await?);
-        rows[2].2.push(consume(&config, &topic).await?);
+        let (rate, join) = consume(&config, &topic).await?;
+        rows[2].2.push(rate);
+        joins.push(join);
         let floor_topic = format!("floor-{}", uuid::Uuid::now_v7().simple());
         rows[1]
             .2
@@ -267,5 +284,11 @@ async fn main() -> Outcome<()> {
     for (name, target, values) in rows {
         writeln!(out, "| {name} | {} | {target} |", summary(values))?;
     }
+    joins.sort_by(f64::total_cmp);
+    writeln!(
+        out,
+        "\nA new consumer group waited {:.2} s (median) for its first message.",
+        joins[joins.len() / 2]
+    )?;
     Ok(())
 }
