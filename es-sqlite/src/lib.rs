@@ -55,7 +55,9 @@
 //!   in a `BEGIN IMMEDIATE` transaction, so appends are serialized (also
 //!   across processes sharing the file), positions follow commit order and
 //!   the global log has no gaps. Reads run on a pool of read-only
-//!   connections in parallel. `:memory:` uses a single connection for both.
+//!   connections in parallel; reads of one stream use the writer while it is
+//!   free (its page cache stays warm). `:memory:` uses a single connection
+//!   for both.
 //! - **Appends** are one transaction each: the version check, a multi-row
 //!   insert, and the idempotency key. A stale expected version fails with
 //!   [`es_core::Error::Conflict`] carrying the expected and actual versions.

@@ -134,7 +134,10 @@ impl Fetched {
 /// holding SQLite's write lock from its start (`BEGIN IMMEDIATE`); so
 /// positions are given in commit order and the global log has no gaps, also
 /// when several processes share the file. Reads run on a pool of read-only
-/// connections, in parallel with the writer (WAL mode).
+/// connections, in parallel with the writer (WAL mode); a read of one
+/// stream (what the repository loads) runs on the writer connection instead
+/// when no write holds it, because the writer's page cache survives its own
+/// commits while a reader's is emptied by every commit.
 ///
 /// ```
 /// use es_core::{AppendOptions, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Version};
