@@ -173,6 +173,9 @@ impl Unpacker<'_> {
         if event_ids.len() != count * 32 || !event_ids.is_ascii() {
             return Err(malformed("event_id"));
         }
+        // Events of one stream come together (a page of one stream, or a
+        // burst of one aggregate's events in the log): they share one id.
+        let mut last_stream: Option<StreamId> = None;
         for index in 0..count {
             let position = Position(to_u64(
                 positions.next().ok_or_else(|| malformed("position"))?,
@@ -203,9 +206,13 @@ impl Unpacker<'_> {
             };
             let recorded_at = from_micros(recorded_at)?;
             metadata.recorded_at = Some(recorded_at);
+            let stream_id = match &last_stream {
+                Some(last) if last.as_str() == stream_id => last.clone(),
+                _ => last_stream.insert(StreamId::from(stream_id)).clone(),
+            };
             events.push(RecordedEvent {
                 position,
-                stream_id: StreamId::new(stream_id),
+                stream_id,
                 version: Version(to_u64(version, "version")?),
                 event_id: EventId(
                     Uuid::try_parse(event_id).map_err(|e| corrupt("event_id is not a UUID", &e))?,
@@ -278,7 +285,7 @@ impl<'a> Texts<'a> {
 
 /// The most events the single-statement append writes (larger batches
 /// take a transaction); bounds the number of distinct statements cached.
-pub(crate) const MAX_CHECKED: usize = 32;
+pub(crate) const MAX_CHECKED: usize = 128;
 
 /// The `INSERT` of `rows` events (at most [`MAX_CHECKED`]) that writes them
 /// only if the stream is at the expected version: eight parameters per row,
