@@ -99,8 +99,8 @@ pub use crate::error::{BoxError, DecodeError, DecodeErrorKind, Error, Result, Up
 pub use crate::event::{Catalog, Event, EventSchema, EventTypeInfo, FieldInfo, SchemaBuilder};
 pub use crate::memory::InMemoryStore;
 pub use crate::projection::{
-    FailurePolicy, Handles, Projection, ProjectionRunner, ProjectionStatus, ResetProjection,
-    RetryReport, RunningProjection,
+    reset_projection, FailurePolicy, Handles, Projection, ProjectionRunner, ProjectionStatus,
+    ResetProjection, RetryReport, RunningProjection,
 };
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::saga::{CausingEvent, Reaction};

@@ -90,6 +90,19 @@ pub trait Projection: Send + Sync + 'static {
     async fn reset(&self, context: &mut Self::Context) -> Result<(), BoxError>;
 }
 
+/// Clears `projection`'s read model inside `context` before a rebuild; a
+/// failure names the projection. Runners of projections (this crate's, the
+/// Kafka-fed one) call it in the transaction that also resets their position.
+pub async fn reset_projection<P: Projection>(
+    projection: &P,
+    context: &mut P::Context,
+) -> Result<()> {
+    projection
+        .reset(context)
+        .await
+        .map_err(|source| Error::store(format!("projection `{}` failed to reset", P::NAME), source))
+}
+
 /// A projection's handler of one event family, called by the dispatch that
 /// `#[derive(Projection)]` writes for each family in its `events(…)`.
 ///
@@ -345,14 +358,7 @@ where
     pub async fn rebuild(&self) -> Result<()> {
         let store = &self.inner.store;
         let mut context = store.begin().await?;
-        self.inner
-            .projection
-            .reset(&mut context)
-            .await
-            .map_err(|source| Error::Store {
-                message: format!("projection `{}` failed to reset", P::NAME),
-                source: Some(source),
-            })?;
+        reset_projection(&self.inner.projection, &mut context).await?;
         store
             .commit(
                 context,

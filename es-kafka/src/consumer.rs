@@ -412,14 +412,7 @@ where
         self.rewind_offsets().await?;
         let store = &self.inner.store;
         let mut context = store.begin().await?;
-        self.inner
-            .projection
-            .reset(&mut context)
-            .await
-            .map_err(|source| Error::Store {
-                message: format!("projection `{}` failed to reset", P::NAME),
-                source: Some(source),
-            })?;
+        es_core::reset_projection(&self.inner.projection, &mut context).await?;
         store.reset_claims(&mut context, P::NAME).await?;
         store
             .commit(
