@@ -163,47 +163,65 @@ pub(crate) fn db_error(message: impl Into<String>) -> impl FnOnce(sqlx::Error) -
 /// `EVENT_COLUMNS`, in that order (read by index: this is the hot path of
 /// every read).
 pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
-    let get_err = |column: &'static str| {
-        move |source: sqlx::Error| {
-            Error::store(format!("cannot read event column `{column}`"), source)
-        }
-    };
-    let position: i64 = row.try_get(0).map_err(get_err("position"))?;
-    let stream_id: String = row.try_get(1).map_err(get_err("stream_id"))?;
-    let version: i64 = row.try_get(2).map_err(get_err("version"))?;
-    let event_id: Uuid = row.try_get(3).map_err(get_err("event_id"))?;
-    let event_type: String = row.try_get(4).map_err(get_err("event_type"))?;
-    let schema_version: i32 = row.try_get(5).map_err(get_err("schema_version"))?;
-    let recorded_at: DateTime<Utc> = row.try_get(8).map_err(get_err("recorded_at"))?;
-    let where_ = || format!("stream `{stream_id}` v{version} at position {position}");
-    let Json(payload): Json<Value> = row.try_get(6).map_err(|source| {
-        Error::store(format!("cannot read the payload of {}", where_()), source)
-    })?;
-    let metadata_text: &str = row.try_get(7).map_err(|source| {
-        Error::store(format!("cannot read the metadata of {}", where_()), source)
-    })?;
-    let mut metadata = if metadata_text == "{}" {
-        Metadata::default()
-    } else {
-        serde_json::from_str::<Metadata>(metadata_text).map_err(|source| {
+    EventReader::default().read(row)
+}
+
+/// Reads the events of one result: consecutive events of one stream (a
+/// stream's page, an aggregate's burst in the log) share one stream id.
+#[derive(Default)]
+pub(crate) struct EventReader {
+    last_stream: Option<StreamId>,
+}
+
+impl EventReader {
+    /// Reads a stored event from a row whose first columns are those of
+    /// `EVENT_COLUMNS` (see [`event_from_row`]).
+    pub(crate) fn read(&mut self, row: &PgRow) -> Result<RecordedEvent> {
+        let get_err = |column: &'static str| {
+            move |source: sqlx::Error| {
+                Error::store(format!("cannot read event column `{column}`"), source)
+            }
+        };
+        let position: i64 = row.try_get(0).map_err(get_err("position"))?;
+        let stream_id: &str = row.try_get(1).map_err(get_err("stream_id"))?;
+        let version: i64 = row.try_get(2).map_err(get_err("version"))?;
+        let event_id: Uuid = row.try_get(3).map_err(get_err("event_id"))?;
+        let event_type: String = row.try_get(4).map_err(get_err("event_type"))?;
+        let schema_version: i32 = row.try_get(5).map_err(get_err("schema_version"))?;
+        let recorded_at: DateTime<Utc> = row.try_get(8).map_err(get_err("recorded_at"))?;
+        let where_ = || format!("stream `{stream_id}` v{version} at position {position}");
+        let Json(payload): Json<Value> = row.try_get(6).map_err(|source| {
+            Error::store(format!("cannot read the payload of {}", where_()), source)
+        })?;
+        let metadata_text: &str = row.try_get(7).map_err(|source| {
             Error::store(format!("cannot read the metadata of {}", where_()), source)
-        })?
-    };
-    metadata.recorded_at = Some(recorded_at);
-    Ok(RecordedEvent {
-        position: Position(to_u64(position, "position")?),
-        version: Version(to_u64(version, "version")?),
-        stream_id: StreamId::new(stream_id),
-        event_id: EventId(event_id),
-        event_type,
-        schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
-            message: format!("stored schema version {schema_version} is negative"),
-            source: None,
-        })?,
-        payload,
-        metadata,
-        recorded_at,
-    })
+        })?;
+        let mut metadata = if metadata_text == "{}" {
+            Metadata::default()
+        } else {
+            serde_json::from_str::<Metadata>(metadata_text).map_err(|source| {
+                Error::store(format!("cannot read the metadata of {}", where_()), source)
+            })?
+        };
+        metadata.recorded_at = Some(recorded_at);
+        Ok(RecordedEvent {
+            position: Position(to_u64(position, "position")?),
+            version: Version(to_u64(version, "version")?),
+            stream_id: match &self.last_stream {
+                Some(last) if last.as_str() == stream_id => last.clone(),
+                _ => self.last_stream.insert(StreamId::from(stream_id)).clone(),
+            },
+            event_id: EventId(event_id),
+            event_type,
+            schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
+                message: format!("stored schema version {schema_version} is negative"),
+                source: None,
+            })?,
+            payload,
+            metadata,
+            recorded_at,
+        })
+    }
 }
 
 /// Reads an idempotency key's record from columns with a prefix.

@@ -23,7 +23,7 @@ use crate::lease::Lease;
 use crate::notify::Signals;
 use crate::row::{
     committed_from_row, db_error, event_from_row, metadata_json, recorded, to_i32, to_i64, to_u64,
-    EventColumns,
+    EventColumns, EventReader,
 };
 use crate::sql::Statements;
 use crate::tx::PgTx;
@@ -419,17 +419,22 @@ impl PgEventStore {
                 .fetch_all(&self.shared.pool)
                 .await
                 .map_err(db_error(context()))?;
-            let mut tail = None;
-            let mut pending = false;
+            // `tail` and `pending` are the statement's, the same on every
+            // row; there is always one row (a page of none has one of NULLs).
+            let (tail, pending) = match rows.first() {
+                Some(row) => (
+                    row.try_get::<Option<i64>, _>("tail")
+                        .map_err(|e| db_error(context())(e))?,
+                    row.try_get("pending").map_err(|e| db_error(context())(e))?,
+                ),
+                None => (None, false),
+            };
             slice.events.clear();
+            let mut reader = EventReader::default();
             for row in &rows {
-                tail = row
-                    .try_get::<Option<i64>, _>("tail")
-                    .map_err(db_error(context()))?;
-                pending = row.try_get("pending").map_err(db_error(context()))?;
-                let position: Option<i64> = row.try_get(0).map_err(db_error(context()))?;
+                let position: Option<i64> = row.try_get(0).map_err(|e| db_error(context())(e))?;
                 if position.is_some() {
-                    slice.events.push(event_from_row(row)?);
+                    slice.events.push(reader.read(row)?);
                 }
             }
             if slice.events.len() < limit && pending && waited < PENDING_WAIT {
@@ -617,7 +622,8 @@ impl EventStore for PgEventStore {
             .map_err(db_error(format!(
                 "cannot read stream `{stream_id}` from version {from}"
             )))?;
-        rows.iter().map(event_from_row).collect()
+        let mut reader = EventReader::default();
+        rows.iter().map(|row| reader.read(row)).collect()
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {
