@@ -5,6 +5,7 @@
 //!
 //! ```sh
 //! cargo run --release -p es-postgres --example bench
+//! cargo run --release -p es-postgres --example bench -- --only w3 w5   # some workloads
 //! ```
 //!
 //! Each workload runs 3 times in a fresh schema; the table shows the median
@@ -570,41 +571,57 @@ async fn main() -> Res<()> {
         pool: pool.clone(),
         next: 0,
     };
+    // `--only w1 w5 …` runs just those workloads (w1 includes W2).
+    let only: Vec<String> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .skip(1)
+        .collect();
+    let wanted = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     let started = Instant::now();
     let mut rows: Vec<(&str, Stat, Option<Stat>, &str)> = Vec::new();
-    let fw = three(&mut b, async |b| w1(b, 1, false, false).await).await?;
-    let floor = three(&mut b, async |b| w1(b, 1, true, false).await).await?;
-    let cached = three(&mut b, async |b| w1(b, 1, false, true).await).await?;
-    let floor_again = floor.clone();
-    rows.push(("W1 commands/s, 1 task", fw, Some(floor), "≥ 0.90"));
-    rows.push((
-        "W1 with the state cache on",
-        cached,
-        Some(floor_again),
-        "> 1.00",
-    ));
-    let fw = three(&mut b, async |b| w1(b, 8, false, false).await).await?;
-    let floor = three(&mut b, async |b| w1(b, 8, true, false).await).await?;
-    rows.push(("W2 commands/s, 8 tasks", fw, Some(floor), "≥ 0.90"));
-    let fw = three(&mut b, async |b| w3(b, false, false).await).await?;
-    let floor = three(&mut b, async |b| w3(b, true, false).await).await?;
-    rows.push(("W3 load of 10,000 events, ms", fw, Some(floor), "≤ 1.20"));
-    let fw = three(&mut b, async |b| w3(b, false, true).await).await?;
-    let floor = three(&mut b, async |b| w3(b, true, true).await).await?;
-    rows.push(("W3 load from a snapshot, ms", fw, Some(floor), "≤ 0.5 ms"));
-    let fw = three(&mut b, async |b| w4(b, false).await).await?;
-    let floor = three(&mut b, async |b| w4(b, true).await).await?;
-    rows.push(("W4 events/s, appends of 100", fw, Some(floor), "≥ 0.80"));
-    let fw = three(&mut b, async |b| w5(b, false).await).await?;
-    let floor = three(&mut b, async |b| w5(b, true).await).await?;
-    rows.push((
-        "W5 events/s, read and decoded",
-        fw,
-        Some(floor),
-        "≥ 1.5 M/s",
-    ));
-    let fw = three(&mut b, async |b| w6(b).await).await?;
-    rows.push(("W6 projection events/s", fw, None, "≥ 50,000/s"));
+    if wanted("w1") {
+        let fw = three(&mut b, async |b| w1(b, 1, false, false).await).await?;
+        let floor = three(&mut b, async |b| w1(b, 1, true, false).await).await?;
+        let cached = three(&mut b, async |b| w1(b, 1, false, true).await).await?;
+        let floor_again = floor.clone();
+        rows.push(("W1 commands/s, 1 task", fw, Some(floor), "≥ 0.90"));
+        rows.push((
+            "W1 with the state cache on",
+            cached,
+            Some(floor_again),
+            "> 1.00",
+        ));
+        let fw = three(&mut b, async |b| w1(b, 8, false, false).await).await?;
+        let floor = three(&mut b, async |b| w1(b, 8, true, false).await).await?;
+        rows.push(("W2 commands/s, 8 tasks", fw, Some(floor), "≥ 0.90"));
+    }
+    if wanted("w3") {
+        let fw = three(&mut b, async |b| w3(b, false, false).await).await?;
+        let floor = three(&mut b, async |b| w3(b, true, false).await).await?;
+        rows.push(("W3 load of 10,000 events, ms", fw, Some(floor), "≤ 1.20"));
+        let fw = three(&mut b, async |b| w3(b, false, true).await).await?;
+        let floor = three(&mut b, async |b| w3(b, true, true).await).await?;
+        rows.push(("W3 load from a snapshot, ms", fw, Some(floor), "≤ 0.5 ms"));
+    }
+    if wanted("w4") {
+        let fw = three(&mut b, async |b| w4(b, false).await).await?;
+        let floor = three(&mut b, async |b| w4(b, true).await).await?;
+        rows.push(("W4 events/s, appends of 100", fw, Some(floor), "≥ 0.80"));
+    }
+    if wanted("w5") {
+        let fw = three(&mut b, async |b| w5(b, false).await).await?;
+        let floor = three(&mut b, async |b| w5(b, true).await).await?;
+        rows.push((
+            "W5 events/s, read and decoded",
+            fw,
+            Some(floor),
+            "≥ 1.5 M/s",
+        ));
+    }
+    if wanted("w6") {
+        let fw = three(&mut b, async |b| w6(b).await).await?;
+        rows.push(("W6 projection events/s", fw, None, "≥ 50,000/s"));
+    }
 
     println!();
     println!("| workload | es-postgres median (min–max) | SQL floor median (min–max) | ratio to floor | target |");
