@@ -284,7 +284,8 @@ impl<'a> Texts<'a> {
 }
 
 /// The most events the single-statement append writes (larger batches
-/// take a transaction); bounds the number of distinct statements cached.
+/// take a transaction of several statements); bounds the number of
+/// distinct statements the writer keeps prepared (its cache holds 200).
 pub(crate) const MAX_CHECKED: usize = 128;
 
 /// The `INSERT` of `rows` events (at most [`MAX_CHECKED`]) that writes them
