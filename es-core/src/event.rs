@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{DecodeError, DecodeErrorKind, Error, Result, UpcastError};
 use crate::types::{Envelope, EventId, Metadata, NewEvent, RecordedEvent};
+use crate::Payload;
 
 /// A family of domain events, usually an enum with one variant per event type.
 ///
@@ -18,7 +19,7 @@ use crate::types::{Envelope, EventId, Metadata, NewEvent, RecordedEvent};
 /// `Serialize` and `Deserialize`.
 ///
 /// ```
-/// use es_core::{Event, UpcastError};
+/// use es_core::{Event, Payload, UpcastError};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Deserialize)]
@@ -46,7 +47,7 @@ use crate::types::{Envelope, EventId, Metadata, NewEvent, RecordedEvent};
 ///     Cancelled { reason: String },
 /// }
 ///
-/// let stored_v1 = serde_json::json!({ "customer": "ada" });
+/// let stored_v1 = Payload::from(serde_json::json!({ "customer": "ada" }));
 /// let event: OrderEvent = OrderEvent::schema().decode_payload("Placed", 1, &stored_v1).unwrap();
 /// assert_eq!(event, OrderEvent::Placed { customer: "ada".into(), currency: "EUR".into() });
 /// assert_eq!(OrderEvent::Shipped.schema_version(), 1);
@@ -73,9 +74,8 @@ use crate::types::{Envelope, EventId, Metadata, NewEvent, RecordedEvent};
 ///
 /// ```
 /// use std::sync::OnceLock;
-/// use es_core::{Event, EventSchema, Metadata};
+/// use es_core::{Event, EventSchema, Metadata, Payload};
 /// use serde::{Deserialize, Serialize};
-/// use serde_json::Value;
 ///
 /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
 /// struct Deposited { amount: u64 }
@@ -87,12 +87,12 @@ use crate::types::{Envelope, EventId, Metadata, NewEvent, RecordedEvent};
 ///     fn event_type(&self) -> &'static str {
 ///         match self { Self::Deposited(_) => "Deposited", Self::Closed => "AccountClosed" }
 ///     }
-///     fn to_payload(&self) -> serde_json::Result<Value> {
-///         match self { Self::Deposited(e) => serde_json::to_value(e), Self::Closed => Ok(Value::Null) }
+///     fn to_payload(&self) -> serde_json::Result<Payload> {
+///         match self { Self::Deposited(e) => Payload::encode(e), Self::Closed => Payload::encode(&()) }
 ///     }
-///     fn from_payload(event_type: &str, payload: &Value) -> serde_json::Result<Self> {
+///     fn from_payload(event_type: &str, payload: &Payload) -> serde_json::Result<Self> {
 ///         match event_type {
-///             "Deposited" => Ok(Self::Deposited(Deserialize::deserialize(payload)?)),
+///             "Deposited" => Ok(Self::Deposited(payload.decode()?)),
 ///             _ => Ok(Self::Closed),
 ///         }
 ///     }
@@ -118,11 +118,11 @@ pub trait Event: Sized + Send + Sync + 'static {
     fn event_type(&self) -> &'static str;
 
     /// The payload in the current schema version.
-    fn to_payload(&self) -> serde_json::Result<Value>;
+    fn to_payload(&self) -> serde_json::Result<Payload>;
 
     /// Decodes a payload of the current schema version. `event_type` is the
     /// current name of the type (aliases are already resolved).
-    fn from_payload(event_type: &str, payload: &Value) -> serde_json::Result<Self>;
+    fn from_payload(event_type: &str, payload: &Payload) -> serde_json::Result<Self>;
 
     /// The family's schema: types, versions, aliases and upcasters.
     fn schema() -> &'static EventSchema;
@@ -169,7 +169,45 @@ pub trait Event: Sized + Send + Sync + 'static {
     }
 }
 
-type UpcastFn = Box<dyn Fn(Value) -> std::result::Result<Value, UpcastError> + Send + Sync>;
+type JsonHop = dyn Fn(Value) -> std::result::Result<Value, UpcastError> + Send + Sync;
+type TypedHop = dyn Fn(&Payload) -> std::result::Result<Payload, UpcastError> + Send + Sync;
+
+/// One hop of an upcast chain.
+enum UpcastFn {
+    /// A function of the JSON tree.
+    Json(Box<JsonHop>),
+    /// A typed conversion, from text to text.
+    Typed(Box<TypedHop>),
+}
+
+/// A payload part way through an upcast chain: text as long as the hops are
+/// typed, a tree while they are JSON functions.
+enum Upcasting<'a> {
+    Text(std::borrow::Cow<'a, Payload>),
+    Tree(Value),
+}
+
+impl<'a> Upcasting<'a> {
+    fn hop(self, hop: &UpcastFn) -> std::result::Result<Self, UpcastError> {
+        Ok(match (hop, self) {
+            (UpcastFn::Json(f), Upcasting::Tree(value)) => Upcasting::Tree(f(value)?),
+            (UpcastFn::Json(f), Upcasting::Text(text)) => Upcasting::Tree(f(text.to_value()?)?),
+            (UpcastFn::Typed(f), Upcasting::Text(text)) => {
+                Upcasting::Text(std::borrow::Cow::Owned(f(&text)?))
+            }
+            (UpcastFn::Typed(f), Upcasting::Tree(value)) => {
+                Upcasting::Text(std::borrow::Cow::Owned(f(&Payload::from(value))?))
+            }
+        })
+    }
+
+    fn done(self) -> std::borrow::Cow<'a, Payload> {
+        match self {
+            Upcasting::Text(text) => text,
+            Upcasting::Tree(value) => std::borrow::Cow::Owned(Payload::from(value)),
+        }
+    }
+}
 
 /// A typed view of one event type of a family.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -326,8 +364,8 @@ impl EventSchema {
         &'a self,
         stored_type: &str,
         schema_version: u32,
-        payload: &'a Value,
-    ) -> std::result::Result<(&'a str, std::borrow::Cow<'a, Value>), DecodeErrorKind> {
+        payload: &'a Payload,
+    ) -> std::result::Result<(&'a str, std::borrow::Cow<'a, Payload>), DecodeErrorKind> {
         if !self.problems.is_empty() {
             return Err(DecodeErrorKind::InvalidSchema(self.problems.join("; ")));
         }
@@ -345,15 +383,17 @@ impl EventSchema {
         if schema_version == info.version {
             return Ok((&info.name, std::borrow::Cow::Borrowed(payload)));
         }
-        let mut value = payload.clone();
+        let mut payload = Upcasting::Text(std::borrow::Cow::Borrowed(payload));
         for from in schema_version..info.version {
             let hop = self
                 .upcasters
                 .get(&(i, from))
                 .ok_or(DecodeErrorKind::MissingUpcaster { from })?;
-            value = hop(value).map_err(|source| DecodeErrorKind::Upcast { from, source })?;
+            payload = payload
+                .hop(hop)
+                .map_err(|source| DecodeErrorKind::Upcast { from, source })?;
         }
-        Ok((&info.name, std::borrow::Cow::Owned(value)))
+        Ok((&info.name, payload.done()))
     }
 
     /// Decodes a stored payload into an event of the family, without a
@@ -362,7 +402,7 @@ impl EventSchema {
         &self,
         stored_type: &str,
         schema_version: u32,
-        payload: &Value,
+        payload: &Payload,
     ) -> std::result::Result<E, DecodeErrorKind> {
         let (name, payload) = self.upcast(stored_type, schema_version, payload)?;
         E::from_payload(name, &payload).map_err(DecodeErrorKind::Payload)
@@ -475,7 +515,7 @@ fn located(raw: &RecordedEvent, kind: DecodeErrorKind) -> DecodeError {
 ///     .build();
 /// schema.check()?;
 ///
-/// let stored = serde_json::json!({"customer": "ada"});
+/// let stored = es_core::Payload::from(serde_json::json!({"customer": "ada"}));
 /// let (name, now) = schema.upcast("OrderCreated", 1, &stored).unwrap();
 /// assert_eq!(name, "OrderPlaced");
 /// assert_eq!(*now, serde_json::json!({"customer": "ada", "currency": "EUR", "lines": []}));
@@ -547,12 +587,16 @@ impl SchemaBuilder {
 
     /// Adds a JSON-function upcaster of the current type from schema version
     /// `from` to `from + 1`: for renamed or split fields and defaults.
-    pub fn upcast_json<F>(mut self, from: u32, hop: F) -> Self
+    pub fn upcast_json<F>(self, from: u32, hop: F) -> Self
     where
         F: Fn(Value) -> std::result::Result<Value, UpcastError> + Send + Sync + 'static,
     {
+        self.hop(from, UpcastFn::Json(Box::new(hop)))
+    }
+
+    fn hop(mut self, from: u32, hop: UpcastFn) -> Self {
         if let Some(i) = self.current("upcast") {
-            self.upcasters.push((i, from, Box::new(hop)));
+            self.upcasters.push((i, from, hop));
         }
         self
     }
@@ -565,10 +609,13 @@ impl SchemaBuilder {
         Old: DeserializeOwned + Into<Next> + 'static,
         Next: Serialize + 'static,
     {
-        self.upcast_json(from, |value| {
-            let old = Old::deserialize(value)?;
-            Ok(serde_json::to_value(old.into())?)
-        })
+        self.hop(
+            from,
+            UpcastFn::Typed(Box::new(|payload| {
+                let old: Old = payload.decode()?;
+                Ok(Payload::encode(&old.into())?)
+            })),
+        )
     }
 
     /// Adds a typed upcaster of the current type from schema version `from`
@@ -579,10 +626,13 @@ impl SchemaBuilder {
         Old: DeserializeOwned + Into<E> + 'static,
         E: Event,
     {
-        self.upcast_json(from, |value| {
-            let old = Old::deserialize(value)?;
-            Ok(old.into().to_payload()?)
-        })
+        self.hop(
+            from,
+            UpcastFn::Typed(Box::new(|payload| {
+                let old: Old = payload.decode()?;
+                Ok(old.into().to_payload()?)
+            })),
+        )
     }
 
     /// Checks the schema and builds it. Mistakes are kept in the schema and
@@ -687,13 +737,13 @@ mod tests {
     fn chain_runs_in_order_through_aliases() {
         let s = schema();
         s.check().unwrap();
-        let empty = json!({});
+        let empty = Payload::from(json!({}));
         let (name, v) = s.upcast("OldB", 1, &empty).unwrap();
         assert_eq!(name, "B");
         assert_eq!(*v, json!({"one": 1, "two": 2}));
         let (_, v) = s.upcast("B", 2, &empty).unwrap();
         assert_eq!(*v, json!({"two": 2}));
-        let current = json!({"k": 0});
+        let current = Payload::from(json!({"k": 0}));
         let (_, v) = s.upcast("B", 3, &current).unwrap();
         assert!(matches!(v, std::borrow::Cow::Borrowed(_)));
     }
@@ -702,18 +752,18 @@ mod tests {
     fn errors_are_typed() {
         let s = schema();
         assert!(matches!(
-            s.upcast("Nope", 1, &json!({})),
+            s.upcast("Nope", 1, &Payload::from(json!({}))),
             Err(DecodeErrorKind::UnknownType)
         ));
         assert!(matches!(
-            s.upcast("A", 2, &json!({})),
+            s.upcast("A", 2, &Payload::from(json!({}))),
             Err(DecodeErrorKind::NewerVersion {
                 stored: 2,
                 current: 1
             })
         ));
         assert!(matches!(
-            s.upcast("C", 1, &json!({})),
+            s.upcast("C", 1, &Payload::from(json!({}))),
             Err(DecodeErrorKind::Upcast { from: 1, .. })
         ));
     }
@@ -725,7 +775,7 @@ mod tests {
             .upcast_json(2, Ok)
             .build();
         assert!(matches!(
-            s.upcast("A", 1, &json!({})),
+            s.upcast("A", 1, &Payload::from(json!({}))),
             Err(DecodeErrorKind::MissingUpcaster { from: 1 })
         ));
     }
@@ -745,7 +795,7 @@ mod tests {
         assert!(err.contains("version 0"), "{err}");
         assert!(err.contains("upcaster from version 5"), "{err}");
         assert!(matches!(
-            s.upcast("A", 1, &json!({})),
+            s.upcast("A", 1, &Payload::from(json!({}))),
             Err(DecodeErrorKind::InvalidSchema(_))
         ));
     }

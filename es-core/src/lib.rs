@@ -85,6 +85,7 @@ mod aggregate;
 mod error;
 mod event;
 mod memory;
+mod payload;
 mod projection;
 mod repository;
 mod saga;
@@ -98,6 +99,7 @@ pub use crate::aggregate::{Aggregate, SnapshotPolicy};
 pub use crate::error::{BoxError, DecodeError, DecodeErrorKind, Error, Result, UpcastError};
 pub use crate::event::{Catalog, Event, EventSchema, EventTypeInfo, FieldInfo, SchemaBuilder};
 pub use crate::memory::InMemoryStore;
+pub use crate::payload::Payload;
 pub use crate::projection::{
     reset_projection, FailurePolicy, Handles, Projection, ProjectionRunner, ProjectionStatus,
     ResetProjection, RetryReport, RunningProjection,

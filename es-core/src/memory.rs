@@ -28,7 +28,7 @@ use crate::types::{
 ///     event_id: EventId::new(),
 ///     event_type: "Opened".into(),
 ///     schema_version: 1,
-///     payload: serde_json::json!({}),
+///     payload: serde_json::json!({}).into(),
 ///     metadata: Metadata::default(),
 /// };
 /// let stream = "account-1".into();

@@ -2,8 +2,10 @@
 //! and shapes here change without notice.
 
 use serde::de::{self, DeserializeSeed, EnumAccess, IntoDeserializer, VariantAccess, Visitor};
-use serde::Deserializer;
-use serde_json::Value;
+use serde::ser::{self, Impossible, SerializeMap};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Payload;
 
 pub use ::async_trait::async_trait;
 #[cfg(feature = "testkit")]
@@ -12,34 +14,180 @@ pub use ::serde;
 pub use ::serde_json;
 pub use std::sync::OnceLock;
 
-/// Takes the payload out of an externally tagged enum value: `{"Variant": payload}`
-/// gives `payload`, and a unit variant (`"Variant"`) gives `{}`.
-pub fn variant_payload(tagged: Value) -> Value {
-    match tagged {
-        Value::Object(map) if map.len() == 1 => map
-            .into_iter()
-            .next()
-            .map_or(Value::Null, |(_, payload)| payload),
-        Value::String(_) => Value::Object(serde_json::Map::new()),
-        other => other,
+/// Writes one variant of an externally tagged enum as its payload: the
+/// variant's fields without the tag, `{}` for a unit variant.
+pub fn variant_payload<T: Serialize + ?Sized>(event: &T) -> serde_json::Result<Payload> {
+    let mut text = Vec::with_capacity(128);
+    event.serialize(VariantOnly(&mut serde_json::Serializer::new(&mut text)))?;
+    String::from_utf8(text)
+        .map(Payload::from_checked)
+        .map_err(ser::Error::custom)
+}
+
+/// A serializer that writes an enum variant's content with `S` and refuses
+/// anything that is not an enum variant.
+struct VariantOnly<S>(S);
+
+fn not_a_variant<E: ser::Error>() -> E {
+    E::custom("an event enum must serialize as one of its variants")
+}
+
+macro_rules! refuse {
+    ($($method:ident($($arg:ty),*) -> $ret:ty;)*) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<$ret, S::Error> {
+            Err(not_a_variant())
+        })*
+    };
+}
+
+impl<S: Serializer> Serializer for VariantOnly<S> {
+    type Ok = S::Ok;
+    type Error = S::Error;
+    type SerializeSeq = Impossible<S::Ok, S::Error>;
+    type SerializeTuple = Impossible<S::Ok, S::Error>;
+    type SerializeTupleStruct = Impossible<S::Ok, S::Error>;
+    type SerializeTupleVariant = Fields<S::SerializeTuple>;
+    type SerializeMap = Impossible<S::Ok, S::Error>;
+    type SerializeStruct = Impossible<S::Ok, S::Error>;
+    type SerializeStructVariant = Fields<S::SerializeStruct>;
+
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+    ) -> Result<S::Ok, S::Error> {
+        self.0.serialize_map(Some(0))?.end()
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        value: &T,
+    ) -> Result<S::Ok, S::Error> {
+        value.serialize(self.0)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleVariant, S::Error> {
+        self.0.serialize_tuple(len).map(Fields)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStructVariant, S::Error> {
+        self.0.serialize_struct(name, len).map(Fields)
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<S::Ok, S::Error> {
+        Err(not_a_variant())
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<S::Ok, S::Error> {
+        Err(not_a_variant())
+    }
+
+    refuse! {
+        serialize_bool(bool) -> S::Ok;
+        serialize_i8(i8) -> S::Ok;
+        serialize_i16(i16) -> S::Ok;
+        serialize_i32(i32) -> S::Ok;
+        serialize_i64(i64) -> S::Ok;
+        serialize_u8(u8) -> S::Ok;
+        serialize_u16(u16) -> S::Ok;
+        serialize_u32(u32) -> S::Ok;
+        serialize_u64(u64) -> S::Ok;
+        serialize_f32(f32) -> S::Ok;
+        serialize_f64(f64) -> S::Ok;
+        serialize_char(char) -> S::Ok;
+        serialize_str(&str) -> S::Ok;
+        serialize_bytes(&[u8]) -> S::Ok;
+        serialize_none() -> S::Ok;
+        serialize_unit() -> S::Ok;
+        serialize_unit_struct(&'static str) -> S::Ok;
+        serialize_seq(Option<usize>) -> Self::SerializeSeq;
+        serialize_tuple(usize) -> Self::SerializeTuple;
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct;
+        serialize_map(Option<usize>) -> Self::SerializeMap;
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct;
     }
 }
 
+/// The fields of a tuple or struct variant, written as a tuple or a struct.
+struct Fields<S>(S);
+
+impl<S: ser::SerializeTuple> ser::SerializeTupleVariant for Fields<S> {
+    type Ok = S::Ok;
+    type Error = S::Error;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
+        self.0.serialize_element(value)
+    }
+
+    fn end(self) -> Result<S::Ok, S::Error> {
+        self.0.end()
+    }
+}
+
+impl<S: ser::SerializeStruct> ser::SerializeStructVariant for Fields<S> {
+    type Ok = S::Ok;
+    type Error = S::Error;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), S::Error> {
+        self.0.serialize_field(key, value)
+    }
+
+    fn skip_field(&mut self, key: &'static str) -> Result<(), S::Error> {
+        self.0.skip_field(key)
+    }
+
+    fn end(self) -> Result<S::Ok, S::Error> {
+        self.0.end()
+    }
+}
+
+type JsonText<'de> = serde_json::Deserializer<serde_json::de::StrRead<'de>>;
+
 /// Deserializes one variant of an externally tagged enum from its name and
-/// its payload, without building the tagged value.
-pub fn from_variant<'de, T: serde::Deserialize<'de>>(
+/// its payload's text, without building the tagged value.
+pub fn from_variant<'de, T: Deserialize<'de>>(
     variant: &'static str,
-    payload: &'de Value,
+    payload: &'de Payload,
 ) -> serde_json::Result<T> {
-    T::deserialize(VariantPayload { variant, payload })
+    let mut text = serde_json::Deserializer::from_str(payload.as_str());
+    let event = T::deserialize(VariantPayload {
+        variant,
+        text: &mut text,
+    })?;
+    text.end()?;
+    Ok(event)
 }
 
-struct VariantPayload<'de> {
+struct VariantPayload<'a, 'de> {
     variant: &'static str,
-    payload: &'de Value,
+    text: &'a mut JsonText<'de>,
 }
 
-impl<'de> Deserializer<'de> for VariantPayload<'de> {
+impl<'de> Deserializer<'de> for VariantPayload<'_, 'de> {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> serde_json::Result<V::Value> {
@@ -62,33 +210,26 @@ impl<'de> Deserializer<'de> for VariantPayload<'de> {
     }
 }
 
-impl<'de> EnumAccess<'de> for VariantPayload<'de> {
+impl<'a, 'de> EnumAccess<'de> for VariantPayload<'a, 'de> {
     type Error = serde_json::Error;
-    type Variant = PayloadAccess<'de>;
+    type Variant = PayloadAccess<'a, 'de>;
 
     fn variant_seed<V: DeserializeSeed<'de>>(
         self,
         seed: V,
     ) -> serde_json::Result<(V::Value, Self::Variant)> {
         let variant = seed.deserialize(self.variant.into_deserializer())?;
-        Ok((variant, PayloadAccess(self.payload)))
+        Ok((variant, PayloadAccess(self.text)))
     }
 }
 
-struct PayloadAccess<'de>(&'de Value);
+struct PayloadAccess<'a, 'de>(&'a mut JsonText<'de>);
 
-impl<'de> VariantAccess<'de> for PayloadAccess<'de> {
+impl<'de> VariantAccess<'de> for PayloadAccess<'_, 'de> {
     type Error = serde_json::Error;
 
     fn unit_variant(self) -> serde_json::Result<()> {
-        match self.0 {
-            Value::Null => Ok(()),
-            Value::Object(map) if map.is_empty() => Ok(()),
-            other => Err(de::Error::invalid_type(
-                de::Unexpected::Other(&other.to_string()),
-                &"an empty payload",
-            )),
-        }
+        self.0.deserialize_any(EmptyPayload)
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(
@@ -112,6 +253,28 @@ impl<'de> VariantAccess<'de> for PayloadAccess<'de> {
         visitor: V,
     ) -> serde_json::Result<V::Value> {
         self.0.deserialize_struct("", fields, visitor)
+    }
+}
+
+/// The payload of a unit variant: `{}` or `null`.
+struct EmptyPayload;
+
+impl<'de> Visitor<'de> for EmptyPayload {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an empty payload")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        match map.next_key::<de::IgnoredAny>()? {
+            None => Ok(()),
+            Some(_) => Err(de::Error::invalid_length(1, &self)),
+        }
     }
 }
 
@@ -241,11 +404,11 @@ impl crate::Event for Never {
         match *self {}
     }
 
-    fn to_payload(&self) -> serde_json::Result<Value> {
+    fn to_payload(&self) -> serde_json::Result<Payload> {
         match *self {}
     }
 
-    fn from_payload(event_type: &str, _payload: &Value) -> serde_json::Result<Self> {
+    fn from_payload(event_type: &str, _payload: &Payload) -> serde_json::Result<Self> {
         Err(de::Error::unknown_variant(event_type, &[]))
     }
 
@@ -258,7 +421,6 @@ impl crate::Event for Never {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::{Deserialize, Serialize};
     use serde_json::json;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -283,19 +445,34 @@ mod tests {
             (Sample::Shipped, "Shipped", json!({})),
         ];
         for (event, variant, payload) in cases {
-            let encoded = variant_payload(serde_json::to_value(&event).unwrap());
+            let encoded = variant_payload(&event).unwrap();
             assert_eq!(encoded, payload);
             let decoded: Sample = from_variant(variant, &encoded).unwrap();
             assert_eq!(decoded, event);
         }
-        let unit: Sample = from_variant("Shipped", &Value::Null).unwrap();
+        assert_eq!(variant_payload(&Sample::Shipped).unwrap().as_str(), "{}");
+        let unit: Sample = from_variant("Shipped", &Payload::from(json!(null))).unwrap();
         assert_eq!(unit, Sample::Shipped);
     }
 
     #[test]
     fn wrong_shapes_are_errors() {
-        assert!(from_variant::<Sample>("Placed", &json!({"customer": 1})).is_err());
-        assert!(from_variant::<Sample>("Shipped", &json!({"x": 1})).is_err());
-        assert!(from_variant::<Sample>("Nope", &json!({})).is_err());
+        let bad = |variant, payload| from_variant::<Sample>(variant, &Payload::from(payload));
+        assert!(bad("Placed", json!({"customer": 1})).is_err());
+        assert!(bad("Shipped", json!({"x": 1})).is_err());
+        assert!(bad("Shipped", json!([])).is_err());
+        assert!(bad("Nope", json!({})).is_err());
+        let trailing = Payload::from_json("7 ").unwrap();
+        assert_eq!(
+            from_variant::<Sample>("Paid", &trailing).unwrap(),
+            Sample::Paid(7)
+        );
+    }
+
+    #[test]
+    fn only_enum_variants_are_payloads() {
+        assert!(variant_payload(&7).is_err());
+        assert!(variant_payload(&json!({"Placed": {}})).is_err());
+        assert!(variant_payload(&Some(Sample::Shipped)).is_err());
     }
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::Payload;
+
 /// The identifier of one stream: the events of one aggregate instance.
 ///
 /// A stream id is the aggregate's name and the instance id joined by a dash,
@@ -275,7 +277,7 @@ pub struct NewEvent {
     /// The version of the payload's shape.
     pub schema_version: u32,
     /// The JSON payload.
-    pub payload: Value,
+    pub payload: Payload,
     /// Correlation, causation, time and free key/values.
     pub metadata: Metadata,
 }
@@ -296,7 +298,7 @@ pub struct RecordedEvent {
     /// The version of the stored payload's shape.
     pub schema_version: u32,
     /// The stored JSON payload.
-    pub payload: Value,
+    pub payload: Payload,
     /// Its metadata; `recorded_at` is always set.
     pub metadata: Metadata,
     /// When the store recorded it.

@@ -56,7 +56,7 @@ fn raw(event_type: &str, schema_version: u32, payload: Value) -> NewEvent {
         event_id: EventId::new(),
         event_type: event_type.to_owned(),
         schema_version,
-        payload,
+        payload: payload.into(),
         metadata: Metadata::default(),
     }
 }

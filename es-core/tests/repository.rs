@@ -19,8 +19,8 @@ use common::{
 use es_core::{
     Aggregate, AppendOptions, AppendOutcome, Committed, DecodeError, DecodeErrorKind, Error, Event,
     EventFilter, EventId, EventSchema, EventStore, ExecuteError, ExecuteOptions, ExpectedVersion,
-    InMemoryStore, Loaded, LogSlice, Metadata, NewEvent, Position, RecordedEvent, Repository,
-    Snapshot, SnapshotStore, StreamId, Version,
+    InMemoryStore, Loaded, LogSlice, Metadata, NewEvent, Payload, Position, RecordedEvent,
+    Repository, Snapshot, SnapshotStore, StreamId, Version,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -40,7 +40,7 @@ fn raw(event_type: &str, schema_version: u32, payload: Value) -> NewEvent {
         event_id: EventId::new(),
         event_type: event_type.to_owned(),
         schema_version,
-        payload,
+        payload: payload.into(),
         metadata: Metadata::default(),
     }
 }
@@ -1396,7 +1396,7 @@ fn a_failing_json_upcaster_is_an_upcast_error() {
         .build();
     schema.check().unwrap();
 
-    let without_cents = json!({"amount": 5});
+    let without_cents = Payload::from(json!({"amount": 5}));
     match schema.upcast("Deposited", 1, &without_cents) {
         Err(DecodeErrorKind::Upcast { from, source }) => {
             assert_eq!(from, 1);
@@ -1404,13 +1404,17 @@ fn a_failing_json_upcaster_is_an_upcast_error() {
         }
         other => panic!("expected an upcast error, got {other:?}"),
     }
-    let refused = schema.decode_payload::<AccountEvent>("Deposited", 1, &json!({"cents": "x"}));
+    let refused = schema.decode_payload::<AccountEvent>(
+        "Deposited",
+        1,
+        &Payload::from(json!({"cents": "x"})),
+    );
     assert!(matches!(
         refused,
         Err(DecodeErrorKind::Upcast { from: 1, .. })
     ));
 
-    let stored = json!({"cents": 7});
+    let stored = Payload::from(json!({"cents": 7}));
     let (name, upcast) = schema.upcast("Deposited", 1, &stored).unwrap();
     assert_eq!(name, "Deposited");
     assert_eq!(*upcast, json!({"amount": 7, "memo": ""}));

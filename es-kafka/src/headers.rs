@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use es_core::{EventId, Metadata, Position, RecordedEvent, StreamId, Version};
+use es_core::{EventId, Metadata, Payload, Position, RecordedEvent, StreamId, Version};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::Message;
 use serde_json::Value;
@@ -307,18 +307,20 @@ impl<'m> Fields<'m> {
                 note(MessageError::MissingPayload {
                     origin: origin.clone(),
                 });
-                Value::Null
+                Payload::from(Value::Null)
             }
-            Some(bytes) => match serde_json::from_slice(bytes) {
-                Ok(value) => value,
-                Err(error) => {
+            Some(bytes) => {
+                let parsed = std::str::from_utf8(bytes)
+                    .map_err(|error| error.to_string())
+                    .and_then(|text| Payload::from_json(text).map_err(|error| error.to_string()));
+                parsed.unwrap_or_else(|reason| {
                     note(MessageError::InvalidPayload {
                         origin: origin.clone(),
-                        reason: error.to_string(),
+                        reason,
                     });
-                    Value::String(String::from_utf8_lossy(bytes).into_owned())
-                }
-            },
+                    Payload::from(Value::String(String::from_utf8_lossy(bytes).into_owned()))
+                })
+            }
         };
         let metadata = Metadata {
             correlation_id: text(names::CORRELATION_ID, false, &mut note).map(Cow::into_owned),

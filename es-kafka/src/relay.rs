@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use es_core::{
     BoxError, Checkpoint, CheckpointStore, Error, Event, EventFilter, EventSchema, EventStore,
-    FailurePolicy, ParkedEvent, Position, RecordedEvent, Result, StreamId, Version,
+    FailurePolicy, ParkedEvent, Payload, Position, RecordedEvent, Result, StreamId, Version,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -29,7 +29,7 @@ use crate::headers;
 /// # let event = |stream: &str| RecordedEvent {
 /// #     position: Position(1), stream_id: StreamId::new(stream), version: Version(1),
 /// #     event_id: EventId::new(), event_type: "Placed".into(), schema_version: 1,
-/// #     payload: serde_json::json!({}), metadata: Metadata::default(), recorded_at: chrono::Utc::now(),
+/// #     payload: serde_json::json!({}).into(), metadata: Metadata::default(), recorded_at: chrono::Utc::now(),
 /// # };
 ///
 /// assert_eq!(TopicMapping::PerAggregate.topic(&event("order-7f3c")), "order");
@@ -529,7 +529,7 @@ where
         let headers = headers::encode(event, &event_type, schema_version);
         let mut record = FutureRecord::to(&topic)
             .key(event.stream_id.as_str())
-            .payload(&payload)
+            .payload(payload.as_str())
             .headers(headers);
         loop {
             match self.producer.send_result(record) {
@@ -560,16 +560,16 @@ where
         }
     }
 
-    /// The type name, schema version and JSON bytes to publish.
+    /// The type name, schema version and JSON payload to publish.
     fn encode(
         &self,
         event: &RecordedEvent,
-    ) -> std::result::Result<(String, u32, Vec<u8>), BoxError> {
+    ) -> std::result::Result<(String, u32, Payload), BoxError> {
         for schema in &self.schemas {
             match schema.upcast(&event.event_type, event.schema_version, &event.payload) {
                 Ok((name, payload)) => {
                     let version = schema.current_version(name).unwrap_or(event.schema_version);
-                    return Ok((name.to_owned(), version, serde_json::to_vec(&*payload)?));
+                    return Ok((name.to_owned(), version, payload.into_owned()));
                 }
                 Err(es_core::DecodeErrorKind::UnknownType) => {}
                 Err(kind) => return Err(Box::new(kind)),
@@ -578,7 +578,7 @@ where
         Ok((
             event.event_type.clone(),
             event.schema_version,
-            serde_json::to_vec(&event.payload)?,
+            event.payload.clone(),
         ))
     }
 

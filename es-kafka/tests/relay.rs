@@ -48,7 +48,7 @@ async fn publishes_upcast_payloads_with_headers() {
         event_id: EventId::new(),
         event_type: "Added".into(),
         schema_version: 1,
-        payload: serde_json::json!({ "count": 7 }),
+        payload: serde_json::json!({ "count": 7 }).into(),
         metadata,
     };
     store
@@ -108,11 +108,11 @@ async fn an_event_that_cannot_be_upcast_stops_or_is_parked() {
     let Some(bootstrap) = broker() else { return };
     let store = InMemoryStore::new();
     let stream = StreamId::for_aggregate("item", "bad");
-    let event = |payload| NewEvent {
+    let event = |payload: serde_json::Value| NewEvent {
         event_id: EventId::new(),
         event_type: "Added".into(),
         schema_version: 1,
-        payload,
+        payload: payload.into(),
         metadata: Metadata::default(),
     };
     let events = vec![

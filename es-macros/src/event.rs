@@ -60,8 +60,8 @@ fn fallback(input: &DeriveInput, errors: &syn::Error) -> TokenStream {
         #[automatically_derived]
         impl #impl_generics ::es_core::Event for #ident #ty_generics #where_clause {
             fn event_type(&self) -> &'static str { unreachable!() }
-            fn to_payload(&self) -> ::es_core::__private::serde_json::Result<::es_core::__private::serde_json::Value> { unreachable!() }
-            fn from_payload(_: &str, _: &::es_core::__private::serde_json::Value) -> ::es_core::__private::serde_json::Result<Self> { unreachable!() }
+            fn to_payload(&self) -> ::es_core::__private::serde_json::Result<::es_core::Payload> { unreachable!() }
+            fn from_payload(_: &str, _: &::es_core::Payload) -> ::es_core::__private::serde_json::Result<Self> { unreachable!() }
             fn schema() -> &'static ::es_core::EventSchema { unreachable!() }
         }
     }
@@ -388,7 +388,7 @@ fn expand(input: &Input<'_>) -> TokenStream {
     let (to_payload, from_payload) = if *is_enum {
         let variants: Vec<String> = types.iter().map(|t| t.ident.to_string()).collect();
         (
-            quote!(#json::to_value(self).map(#private::variant_payload)),
+            quote!(#private::variant_payload(self)),
             quote! {
                 match event_type {
                     #( #names => #private::from_variant(#variants, payload), )*
@@ -398,10 +398,10 @@ fn expand(input: &Input<'_>) -> TokenStream {
         )
     } else {
         (
-            quote!(#json::to_value(self)),
+            quote!(#krate::Payload::encode(self)),
             quote! {
                 let _ = event_type;
-                <Self as #private::serde::Deserialize>::deserialize(payload)
+                #krate::Payload::decode::<Self>(payload)
             },
         )
     };
@@ -416,11 +416,11 @@ fn expand(input: &Input<'_>) -> TokenStream {
                     }
                 }
 
-                fn to_payload(&self) -> #json::Result<#json::Value> {
+                fn to_payload(&self) -> #json::Result<#krate::Payload> {
                     #to_payload
                 }
 
-                fn from_payload(event_type: &str, payload: &#json::Value) -> #json::Result<Self> {
+                fn from_payload(event_type: &str, payload: &#krate::Payload) -> #json::Result<Self> {
                     #from_payload
                 }
 

@@ -105,7 +105,7 @@ fn stored(event_type: &str, schema_version: u32, payload: Value) -> es_core::Rec
         event_id: es_core::EventId::new(),
         event_type: event_type.into(),
         schema_version,
-        payload,
+        payload: payload.into(),
         metadata: Metadata::default(),
         recorded_at: chrono::Utc::now(),
     }

@@ -2,12 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    Committed, Error, EventId, Metadata, NewEvent, Position, RecordedEvent, Result, StreamId,
-    Version,
+    Committed, Error, EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, Result,
+    StreamId, Version,
 };
-use serde_json::Value;
 use sqlx::postgres::PgRow;
-use sqlx::types::Json;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -55,18 +53,18 @@ fn same_stored_metadata(a: &Metadata, b: &Metadata) -> bool {
 /// The columns of a batch of new events, one array per column, as the
 /// append statement binds them.
 #[derive(Debug, Default)]
-pub(crate) struct EventColumns {
+pub(crate) struct EventColumns<'a> {
     pub(crate) event_ids: Vec<Uuid>,
-    pub(crate) event_types: Vec<String>,
+    pub(crate) event_types: Vec<&'a str>,
     pub(crate) schema_versions: Vec<i32>,
-    pub(crate) payloads: Vec<String>,
+    pub(crate) payloads: Vec<&'a str>,
     pub(crate) metadata: Vec<String>,
     pub(crate) recorded_at: Vec<DateTime<Utc>>,
 }
 
-impl EventColumns {
+impl<'a> EventColumns<'a> {
     /// Encodes new events; an event without `recorded_at` gets `now`.
-    pub(crate) fn encode(events: &[NewEvent], now: DateTime<Utc>) -> Result<Self> {
+    pub(crate) fn encode(events: &'a [NewEvent], now: DateTime<Utc>) -> Result<Self> {
         let mut columns = Self {
             event_ids: Vec::with_capacity(events.len()),
             event_types: Vec::with_capacity(events.len()),
@@ -90,18 +88,11 @@ impl EventColumns {
             };
             columns.metadata.push(metadata);
             columns.event_ids.push(event.event_id.0);
-            columns.event_types.push(event.event_type.clone());
+            columns.event_types.push(&event.event_type);
             columns
                 .schema_versions
                 .push(to_i32(event.schema_version, "schema version")?);
-            columns
-                .payloads
-                .push(
-                    serde_json::to_string(&event.payload).map_err(|source| Error::Encode {
-                        what: format!("payload of {}", event.event_type),
-                        source,
-                    })?,
-                );
+            columns.payloads.push(event.payload.as_str());
             columns
                 .recorded_at
                 .push(event.metadata.recorded_at.unwrap_or(now));
@@ -190,8 +181,11 @@ impl EventReader {
         let schema_version: i32 = row.try_get(5).map_err(get_err("schema_version"))?;
         let recorded_at: DateTime<Utc> = row.try_get(8).map_err(get_err("recorded_at"))?;
         let where_ = || format!("stream `{stream_id}` v{version} at position {position}");
-        let Json(payload): Json<Value> = row.try_get(6).map_err(|source| {
+        let payload: &str = row.try_get(6).map_err(|source| {
             Error::store(format!("cannot read the payload of {}", where_()), source)
+        })?;
+        let payload = Payload::from_json(payload).map_err(|source| {
+            Error::store(format!("the payload of {} is not JSON", where_()), source)
         })?;
         let metadata_text: &str = row.try_get(7).map_err(|source| {
             Error::store(format!("cannot read the metadata of {}", where_()), source)
@@ -257,6 +251,7 @@ pub(crate) fn committed_from_row(row: &PgRow, prefix: &str) -> Result<Option<Com
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::Value;
 
     #[test]
     fn metadata_column_leaves_out_recorded_at() {
@@ -277,7 +272,7 @@ mod tests {
             event_id: EventId::new(),
             event_type: "A".into(),
             schema_version: 2,
-            payload: serde_json::json!({"x": "ü"}),
+            payload: serde_json::json!({"x": "ü"}).into(),
             metadata: Metadata::default(),
         };
         first.metadata.recorded_at = Some(earlier);
@@ -290,7 +285,8 @@ mod tests {
             metadata: Metadata::default(),
             ..second
         };
-        let cols = EventColumns::encode(&[first.clone(), second], now).unwrap();
+        let events = [first.clone(), second];
+        let cols = EventColumns::encode(&events, now).unwrap();
         assert_eq!(cols.event_types, ["A", "B"]);
         assert_eq!(cols.schema_versions, [2, 1]);
         assert_eq!(cols.payloads[0], r#"{"x":"ü"}"#);
@@ -305,7 +301,8 @@ mod tests {
             metadata: Metadata::correlated("c9"),
             ..first.clone()
         };
-        let cols = EventColumns::encode(&[first, correlated.clone(), correlated], now).unwrap();
+        let events = [first, correlated.clone(), correlated];
+        let cols = EventColumns::encode(&events, now).unwrap();
         assert_eq!(
             cols.metadata,
             [
@@ -323,7 +320,7 @@ mod tests {
             event_id: EventId::new(),
             event_type: "A".into(),
             schema_version: 1,
-            payload: serde_json::json!(1),
+            payload: serde_json::json!(1).into(),
             metadata: Metadata::default(),
         };
         let stream = StreamId::new("s-1");
@@ -348,7 +345,7 @@ mod tests {
             event_id: EventId::new(),
             event_type: "A".into(),
             schema_version: 1,
-            payload: Value::Null,
+            payload: Value::Null.into(),
             metadata: Metadata::default(),
         }]
     }

@@ -41,9 +41,10 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
 }
 
 /// The columns of a stored event, in the order [`crate::row`] reads them.
-/// The metadata is read as text, so that the common `{}` needs no parsing.
+/// The payload and metadata are read as text: the payload is kept as text,
+/// and the common `{}` metadata needs no parsing.
 const EVENT_COLUMNS: &str =
-    "position, stream_id, version, event_id, event_type, schema_version, payload, metadata::text AS metadata, recorded_at";
+    "position, stream_id, version, event_id, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at";
 
 /// The statements of one store.
 #[derive(Debug)]

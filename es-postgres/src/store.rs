@@ -325,7 +325,7 @@ impl PgEventStore {
         stream_id: &StreamId,
         expected: i64,
         key: Option<&str>,
-        columns: &EventColumns,
+        columns: &EventColumns<'_>,
         inline: &[&Arc<dyn InlineHandler>],
         events: &[NewEvent],
     ) -> std::result::Result<AppendRow, AppendFailure> {
@@ -821,10 +821,6 @@ impl CheckpointStore for PgEventStore {
 
     async fn park(&self, parked: ParkedEvent) -> Result<()> {
         let event = &parked.event;
-        let payload = serde_json::to_string(&event.payload).map_err(|source| Error::Encode {
-            what: format!("payload of parked {}", event.event_type),
-            source,
-        })?;
         sqlx::query(&self.shared.sql.park)
             .bind(&parked.projection)
             .bind(to_i64(event.position.0, "position")?)
@@ -833,7 +829,7 @@ impl CheckpointStore for PgEventStore {
             .bind(event.event_id.0)
             .bind(&event.event_type)
             .bind(to_i32(event.schema_version, "schema version")?)
-            .bind(payload)
+            .bind(event.payload.as_str())
             .bind(metadata_json(&event.metadata)?)
             .bind(event.recorded_at)
             .bind(&parked.error)

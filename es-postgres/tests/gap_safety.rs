@@ -60,7 +60,9 @@ impl Projection for HoldOpen {
     }
 
     async fn handle(&self, _tx: &mut PgTx, event: &RecordedEvent) -> Result<(), BoxError> {
-        let micros = event.payload["hold_us"].as_u64().unwrap_or(0);
+        let micros = event.payload.to_value().unwrap()["hold_us"]
+            .as_u64()
+            .unwrap_or(0);
         tokio::time::sleep(Duration::from_micros(micros)).await;
         Ok(())
     }
@@ -75,7 +77,7 @@ fn event(writer: usize, seq: usize, hold_us: Option<u64>) -> NewEvent {
         event_id: EventId::new(),
         event_type: if hold_us.is_some() { "Held" } else { "Quick" }.to_owned(),
         schema_version: 1,
-        payload: json!({ "writer": writer, "seq": seq, "hold_us": hold_us }),
+        payload: json!({ "writer": writer, "seq": seq, "hold_us": hold_us }).into(),
         metadata: Metadata::default(),
     }
 }
@@ -173,8 +175,9 @@ async fn follow_while_writing(store: PgEventStore, seed: u64) -> Report {
         after = slice.next;
         for e in slice.events {
             report.received += 1;
-            let writer = e.payload["writer"].as_u64().expect("writer");
-            let seq = e.payload["seq"].as_u64().expect("seq");
+            let payload = e.payload.to_value().expect("JSON payload");
+            let writer = payload["writer"].as_u64().expect("writer");
+            let seq = payload["seq"].as_u64().expect("seq");
             let count = seen.entry((writer, seq)).or_insert(0);
             *count += 1;
             if *count > 1 {

@@ -4,8 +4,8 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    Checkpoint, Committed, EventId, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent,
-    Snapshot, StreamId, Version,
+    Checkpoint, Committed, EventId, Metadata, NewEvent, ParkedEvent, Payload, Position,
+    RecordedEvent, Snapshot, StreamId, Version,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
@@ -22,7 +22,7 @@ pub(crate) struct EncodedEvent {
     pub(crate) event_id: Uuid,
     pub(crate) event_type: String,
     pub(crate) schema_version: i64,
-    pub(crate) payload: String,
+    pub(crate) payload: Payload,
     pub(crate) metadata: String,
     pub(crate) recorded_at: i64,
 }
@@ -44,10 +44,6 @@ pub(crate) fn encode_event(
         .recorded_at
         .take()
         .unwrap_or_else(|| *now.get_or_insert_with(Utc::now));
-    let payload = serde_json::to_string(&payload).map_err(|source| es_core::Error::Encode {
-        what: format!("payload of {event_type}"),
-        source,
-    })?;
     let metadata = serde_json::to_string(&metadata).map_err(|source| es_core::Error::Encode {
         what: format!("metadata of {event_type}"),
         source,
@@ -197,7 +193,7 @@ impl Unpacker<'_> {
             let payload = payloads.next().ok_or_else(|| malformed("payload"))?;
             let metadata = metadatas.next().ok_or_else(|| malformed("metadata"))?;
             let payload =
-                serde_json::from_str(payload).map_err(|e| corrupt("payload is not JSON", &e))?;
+                Payload::from_json(payload).map_err(|e| corrupt("payload is not JSON", &e))?;
             let mut metadata: Metadata = if metadata == "{}" {
                 Metadata::default()
             } else {
@@ -332,7 +328,7 @@ fn decode_event_at(row: &SqliteRow, at: usize) -> Result<RecordedEvent, Error> {
     let payload: &str = get(row, at + 6, "payload")?;
     let metadata: &str = get(row, at + 7, "metadata")?;
     let recorded_at: i64 = get(row, at + 8, "recorded_at")?;
-    let payload = serde_json::from_str(payload).map_err(|e| corrupt("payload is not JSON", &e))?;
+    let payload = Payload::from_json(payload).map_err(|e| corrupt("payload is not JSON", &e))?;
     let mut metadata: Metadata =
         serde_json::from_str(metadata).map_err(|e| corrupt("metadata is not readable", &e))?;
     let recorded_at = from_micros(recorded_at)?;
@@ -577,7 +573,7 @@ mod tests {
             event_id: EventId::new(),
             event_type: "Placed".into(),
             schema_version: 2,
-            payload: json!({"total": 5}),
+            payload: json!({"total": 5}).into(),
             metadata,
         };
         let mut now = None;
@@ -585,7 +581,7 @@ mod tests {
         assert!(now.is_none(), "the clock is read only when needed");
         assert_eq!(encoded.recorded_at, 1_700_000_000_123_456);
         assert_eq!(encoded.schema_version, 2);
-        assert_eq!(encoded.payload, r#"{"total":5}"#);
+        assert_eq!(encoded.payload.as_str(), r#"{"total":5}"#);
         let stored: serde_json::Value = serde_json::from_str(&encoded.metadata).unwrap();
         assert_eq!(
             stored,
@@ -600,7 +596,7 @@ mod tests {
             event_id: EventId::new(),
             event_type: "A".into(),
             schema_version: 1,
-            payload: json!(null),
+            payload: json!(null).into(),
             metadata: Metadata::default(),
         };
         let mut now = None;

@@ -150,7 +150,7 @@ impl Fetched {
 ///     event_id: EventId::new(),
 ///     event_type: "Opened".into(),
 ///     schema_version: 1,
-///     payload: serde_json::json!({"owner": "ada"}),
+///     payload: serde_json::json!({"owner": "ada"}).into(),
 ///     metadata: Metadata::default(),
 /// };
 /// let stream = "account-1".into();
@@ -668,11 +668,6 @@ pub(crate) async fn write_parked(
             source,
         })?
     };
-    let payload =
-        serde_json::to_string(&event.payload).map_err(|source| es_core::Error::Encode {
-            what: format!("payload of parked {}", event.event_type),
-            source,
-        })?;
     sqlx::query(
         "INSERT OR REPLACE INTO es_parked_events (projection, position, stream_id, version, \
          event_id, event_type, schema_version, payload, metadata, recorded_at, error, parked_at) \
@@ -685,7 +680,7 @@ pub(crate) async fn write_parked(
     .bind(event.event_id.0)
     .bind(event.event_type.as_str())
     .bind(i64::from(event.schema_version))
-    .bind(payload)
+    .bind(event.payload.as_str())
     .bind(metadata)
     .bind(rows::to_micros(event.recorded_at))
     .bind(parked.error.as_str())

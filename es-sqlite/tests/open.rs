@@ -46,7 +46,7 @@ fn event(n: u64) -> NewEvent {
         event_id: EventId::new(),
         event_type: "Noted".into(),
         schema_version: 1,
-        payload: json!({ "n": n }),
+        payload: json!({ "n": n }).into(),
         metadata: Metadata::default(),
     }
 }

@@ -17,6 +17,7 @@ use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, EventFilter, EventId, ExpectedVersion,
     Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, Snapshot, StreamId, Version,
 };
+use crate::Payload;
 
 /// What a store must implement to run the suite.
 pub trait ConformanceStore: EventStore + SnapshotStore + CheckpointStore + Clone + 'static {}
@@ -32,9 +33,15 @@ pub fn new_event(event_type: &str, payload: Value) -> NewEvent {
         event_id: EventId::new(),
         event_type: event_type.to_owned(),
         schema_version: 1,
-        payload,
+        payload: payload.into(),
         metadata: Metadata::default(),
     }
+}
+
+/// The field `key` of a stored event's payload.
+fn field(event: &RecordedEvent, key: &str) -> Value {
+    let mut payload = event.payload.to_value().expect("a stored payload is JSON");
+    payload[key].take()
 }
 
 fn numbered(event_type: &str, n: usize) -> NewEvent {
@@ -238,7 +245,7 @@ pub async fn expected_version_conflicts<S: ConformanceStore>(store: S) {
     let events = store.read_stream(&stream, Version(1), 100).await.unwrap();
     let ns: Vec<u64> = events
         .iter()
-        .map(|e| e.payload["n"].as_u64().unwrap())
+        .map(|e| field(e, "n").as_u64().unwrap())
         .collect();
     assert_eq!(ns, [1, 5, 6], "refused appends must write nothing");
     let versions: Vec<u64> = events.iter().map(|e| e.version.0).collect();
@@ -292,7 +299,7 @@ pub async fn concurrent_appends_one_winner<S: ConformanceStore>(store: S) {
     let versions: Vec<u64> = events.iter().map(|e| e.version.0).collect();
     assert_eq!(versions, expected);
     for (event, round) in events.iter().zip(0..) {
-        assert_eq!(event.payload["round"], json!(round));
+        assert_eq!(field(event, "round"), json!(round));
     }
 }
 
@@ -632,7 +639,7 @@ pub async fn large_batches<S: ConformanceStore>(store: S) {
     }
     assert_eq!(read.len(), N);
     for (event, n) in read.iter().zip(1..) {
-        assert_eq!(event.payload["n"], json!(n));
+        assert_eq!(field(event, "n"), json!(n));
         assert_eq!(event.version, Version(n as u64 + 1));
     }
     assert_eq!(
@@ -685,7 +692,7 @@ pub async fn unicode_and_large_payloads<S: ConformanceStore>(store: S) {
     assert_eq!(events[0].metadata.correlation_id.as_deref(), Some(text));
     assert_eq!(events[0].metadata.get(text), Some(text));
     assert!(big.len() >= 1024 * 1024 - 4);
-    assert_eq!(events[1].payload["blob"].as_str(), Some(big.as_str()));
+    assert_eq!(field(&events[1], "blob").as_str(), Some(big.as_str()));
     let filtered = read_all_events(&store, &EventFilter::types([event.event_type.as_str()])).await;
     assert_eq!(filtered.len(), 1);
 }
@@ -701,17 +708,17 @@ impl Event for Probe {
         "Probe"
     }
 
-    fn to_payload(&self) -> serde_json::Result<Value> {
-        Ok(json!({ "n": self.n }))
+    fn to_payload(&self) -> serde_json::Result<Payload> {
+        Payload::encode(&json!({ "n": self.n }))
     }
 
-    fn from_payload(_event_type: &str, payload: &Value) -> serde_json::Result<Self> {
+    fn from_payload(_event_type: &str, payload: &Payload) -> serde_json::Result<Self> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Shape {
             n: u64,
         }
-        let Shape { n } = serde::Deserialize::deserialize(payload)?;
+        let Shape { n } = payload.decode()?;
         Ok(Probe { n })
     }
 
@@ -822,8 +829,8 @@ pub async fn concurrent_streams_complete_log<S: ConformanceStore>(store: S) {
         .iter()
         .map(|e| {
             (
-                e.payload["t"].as_u64().unwrap(),
-                e.payload["n"].as_u64().unwrap(),
+                field(e, "t").as_u64().unwrap(),
+                field(e, "n").as_u64().unwrap(),
             )
         })
         .collect();

@@ -594,7 +594,7 @@ fn stored_v1() -> RecordedEvent {
         event_id: serde_json::from_value(row["event_id"].clone()).unwrap(),
         event_type: row["event_type"].as_str().unwrap().to_owned(),
         schema_version: u32::try_from(row["schema_version"].as_u64().unwrap()).unwrap(),
-        payload: row["payload"].clone(),
+        payload: row["payload"].clone().into(),
         metadata: serde_json::from_value(row["metadata"].clone()).unwrap(),
         recorded_at: serde_json::from_value(row["recorded_at"].clone()).unwrap(),
     }
