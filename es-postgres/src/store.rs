@@ -17,6 +17,7 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
 
 use crate::inline::{InlineHandler, InlineProjection};
 use crate::lease::Lease;
@@ -624,6 +625,28 @@ impl EventStore for PgEventStore {
             )))?;
         let mut reader = EventReader::default();
         rows.iter().map(|row| reader.read(row)).collect()
+    }
+
+    /// One statement for the whole stream; each row is read and visited as
+    /// it arrives, without collecting the stream first.
+    async fn visit_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        visit: &mut (dyn for<'e> FnMut(&'e RecordedEvent) -> Result<()> + Send),
+    ) -> Result<()> {
+        let context = || format!("cannot read stream `{stream_id}` from version {from}");
+        let mut rows = sqlx::query(&self.shared.sql.read_stream)
+            .bind(stream_id.as_str())
+            .bind(to_i64(from.0, "version")?)
+            .bind(i64::MAX)
+            .fetch(&self.shared.pool);
+        let mut reader = EventReader::default();
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(db_error(context()))?;
+            visit(&reader.read(&row)?)?;
+        }
+        Ok(())
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {

@@ -669,6 +669,73 @@ pub async fn large_batches<S: ConformanceStore>(store: S) {
         .is_empty());
 }
 
+/// Visiting a stream sees what reading it returns, in version order, across
+/// more events than one page; a visitor's error ends the visit and is
+/// returned.
+pub async fn visit_stream_in_order<S: ConformanceStore>(store: S) {
+    let stream = StreamId::new("visited-1");
+    let other = StreamId::new("visited-2");
+    let events: Vec<NewEvent> = (0..2_500).map(|n| numbered("Visited", n)).collect();
+    append(&store, &stream, ExpectedVersion::NoStream, events).await;
+    append(
+        &store,
+        &other,
+        ExpectedVersion::NoStream,
+        vec![numbered("Other", 0)],
+    )
+    .await;
+    let stored = store
+        .read_stream(&stream, Version(1), 10_000)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2_500);
+    for from in [Version(1), Version(1_200), Version(2_500), Version(2_501)] {
+        let mut seen = Vec::new();
+        store
+            .visit_stream(&stream, from, &mut |event| {
+                seen.push(event.clone());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, stored[(from.0 as usize - 1)..], "visited from {from}");
+    }
+    let mut missing = 0;
+    store
+        .visit_stream(&StreamId::new("visited-none"), Version(1), &mut |_| {
+            missing += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(missing, 0, "a stream without events has nothing to visit");
+    let mut visited = 0;
+    let stopped = store
+        .visit_stream(&stream, Version(1), &mut |event| {
+            visited += 1;
+            if event.version == Version(10) {
+                return Err(Error::Schema("stop here".into()));
+            }
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(&stopped, Err(Error::Schema(m)) if m == "stop here"),
+        "{stopped:?}"
+    );
+    assert_eq!(visited, 10, "the visit ends at the visitor's error");
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        Version(2_500),
+        "the store works after a visit that stopped early"
+    );
+    let again = store
+        .read_stream(&stream, Version(2_499), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 2);
+}
+
 /// Unicode in every text field and payloads of 1 MiB round-trip unchanged.
 pub async fn unicode_and_large_payloads<S: ConformanceStore>(store: S) {
     let stream = StreamId::new("订单-ñ-🚀");
@@ -869,6 +936,7 @@ macro_rules! store_conformance_tests {
             snapshots,
             checkpoints_and_parking,
             large_batches,
+            visit_stream_in_order,
             unicode_and_large_payloads,
             undecodable_rows,
             concurrent_streams_complete_log,
