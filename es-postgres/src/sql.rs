@@ -58,6 +58,8 @@ pub(crate) struct Statements {
     pub(crate) stream_version: String,
     pub(crate) read_all: String,
     pub(crate) read_all_filtered: String,
+    pub(crate) read_all_rows: String,
+    pub(crate) read_all_filtered_rows: String,
     pub(crate) read_all_unprotected: String,
     pub(crate) read_all_filtered_unprotected: String,
     pub(crate) head: String,
@@ -174,6 +176,27 @@ impl Statements {
         };
         let read_all = page("");
         let read_all_filtered = page("AND event_type = ANY($3)");
+        // The same page, read straight off the log-order index: `tail` and
+        // `pending` are computed once (InitPlans) and repeated on every row.
+        // A page of none has no row to carry them: the reader then runs the
+        // statement above, which always returns one.
+        let rows = |filter: &str| {
+            format!(
+                "SELECT {cols}, (
+                    SELECT t.position FROM {s}.events t
+                    WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
+                    ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1
+                ) AS tail, (
+                    SELECT p.transaction_id FROM {s}.events p WHERE p.transaction_id >= {xmin}
+                    ORDER BY p.transaction_id LIMIT 1
+                ) IS NOT NULL AS pending
+                FROM {s}.events
+                WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin} {filter}
+                ORDER BY transaction_id, position LIMIT $2"
+            )
+        };
+        let read_all_rows = rows("");
+        let read_all_filtered_rows = rows("AND event_type = ANY($3)");
         // Without gap protection (only for the test that shows why it is
         // needed): plain position order, which skips late commits.
         let page_unprotected = |filter: &str| {
@@ -223,6 +246,8 @@ impl Statements {
             ),
             read_all,
             read_all_filtered,
+            read_all_rows,
+            read_all_filtered_rows,
             read_all_unprotected,
             read_all_filtered_unprotected,
             head,

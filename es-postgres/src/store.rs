@@ -385,6 +385,28 @@ impl PgEventStore {
         Ok(row)
     }
 
+    /// Runs one of the statements that read a page of the global log.
+    async fn fetch_page(
+        &self,
+        statement: &str,
+        after: Position,
+        limit: i64,
+        filter: &EventFilter,
+    ) -> Result<Vec<PgRow>> {
+        let mut query = sqlx::query(statement)
+            .bind(to_i64(after.0, "position")?)
+            .bind(limit);
+        if let Some(types) = &filter.event_types {
+            query = query.bind(types);
+        }
+        query
+            .fetch_all(&self.shared.pool)
+            .await
+            .map_err(db_error(format!(
+                "cannot read the global log after position {after}"
+            )))
+    }
+
     async fn read_all_impl(
         &self,
         after: Position,
@@ -398,30 +420,33 @@ impl PgEventStore {
         if limit == 0 {
             return Ok(slice);
         }
-        let after_i64 = to_i64(after.0, "position")?;
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = &self.shared.sql;
         let protected = self.shared.gap_protection;
         let context = || format!("cannot read the global log after position {after}");
-        let statement = match (&filter.event_types, protected) {
-            (None, true) => &sql.read_all,
-            (None, false) => &sql.read_all_unprotected,
-            (Some(_), true) => &sql.read_all_filtered,
-            (Some(_), false) => &sql.read_all_filtered_unprotected,
+        // `rows` reads a page straight off the index; `page` also answers
+        // when the page is empty. Both are one statement, one snapshot.
+        let (rows_statement, page_statement) = match (&filter.event_types, protected) {
+            (None, true) => (Some(&sql.read_all_rows), &sql.read_all),
+            (None, false) => (None, &sql.read_all_unprotected),
+            (Some(_), true) => (Some(&sql.read_all_filtered_rows), &sql.read_all_filtered),
+            (Some(_), false) => (None, &sql.read_all_filtered_unprotected),
         };
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut query = sqlx::query(statement).bind(after_i64).bind(limit_i64);
-            if let Some(types) = &filter.event_types {
-                query = query.bind(types);
+            let mut rows = match rows_statement {
+                Some(statement) => self.fetch_page(statement, after, limit_i64, filter).await?,
+                None => Vec::new(),
+            };
+            if rows.is_empty() {
+                rows = self
+                    .fetch_page(page_statement, after, limit_i64, filter)
+                    .await?;
             }
-            let rows = query
-                .fetch_all(&self.shared.pool)
-                .await
-                .map_err(db_error(context()))?;
             // `tail` and `pending` are the statement's, the same on every
-            // row; there is always one row (a page of none has one of NULLs).
+            // row; there is always one row (the `page` statement answers a
+            // page of none with one row of NULLs).
             let (tail, pending) = match rows.first() {
                 Some(row) => (
                     row.try_get::<Option<i64>, _>("tail")
