@@ -54,6 +54,7 @@ pub(crate) struct Statements {
     pub(crate) create_schema: String,
     pub(crate) set_search_path: String,
     pub(crate) append: String,
+    pub(crate) append_plain: String,
     pub(crate) read_stream: String,
     pub(crate) stream_version: String,
     pub(crate) read_all: String,
@@ -136,6 +137,21 @@ impl Statements {
                    p.last_version AS prior_last_version, p.first_position AS prior_first_position,
                    p.last_position AS prior_last_position
             FROM current c CROSS JOIN written w LEFT JOIN prior p ON true"
+        );
+        // The common append (no idempotency key, no inline projection): the
+        // insert alone, one row per event written, none when the expected
+        // version does not match.
+        let append_plain = format!(
+            "INSERT INTO {s}.events
+                (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+             SELECT $1, current.version + e.n, e.event_id, e.event_type, e.schema_version,
+                    e.payload::json, e.metadata::json, e.recorded_at
+             FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current,
+                  unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
+                      WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
+             WHERE $2::int8 < 0 OR current.version = $2::int8
+             ORDER BY e.n
+             RETURNING position, version"
         );
         // Every read of the log returns the page's events and two columns,
         // read in the same statement (so with the same snapshot): `tail`, the
@@ -237,6 +253,7 @@ impl Statements {
             create_schema: format!("CREATE SCHEMA IF NOT EXISTS {s}"),
             set_search_path: format!("SET search_path TO {s}"),
             append,
+            append_plain,
             read_stream: format!(
                 "SELECT {cols} FROM {s}.events WHERE stream_id = $1 AND version >= $2
                  ORDER BY version LIMIT $3"

@@ -321,6 +321,50 @@ impl PgEventStore {
         self.inline.iter().map(|i| i.name()).collect()
     }
 
+    /// An append without idempotency key or inline projection: the insert
+    /// alone. No row back means the expected version did not match.
+    async fn append_plain(
+        &self,
+        stream_id: &StreamId,
+        expected: i64,
+        columns: &EventColumns<'_>,
+    ) -> std::result::Result<AppendRow, AppendFailure> {
+        let rows = sqlx::query(&self.shared.sql.append_plain)
+            .bind(stream_id.as_str())
+            .bind(expected)
+            .bind(&columns.event_ids)
+            .bind(&columns.event_types)
+            .bind(&columns.schema_versions)
+            .bind(&columns.payloads)
+            .bind(&columns.metadata)
+            .bind(&columns.recorded_at)
+            .fetch_all(&self.shared.pool)
+            .await
+            .map_err(AppendFailure::Db)?;
+        let err = |source| Error::store("cannot read the append's result", source);
+        let mut written = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let position: i64 = row.try_get(0).map_err(err).map_err(AppendFailure::Other)?;
+            let version: i64 = row.try_get(1).map_err(err).map_err(AppendFailure::Other)?;
+            written.push((version, position));
+        }
+        written.sort_unstable();
+        let current = match written.first() {
+            Some(&(first, _)) => to_u64(first - 1, "version").map_err(AppendFailure::Other)?,
+            None => {
+                self.stream_version(stream_id)
+                    .await
+                    .map_err(AppendFailure::Other)?
+                    .0
+            }
+        };
+        Ok(AppendRow {
+            current,
+            positions: written.into_iter().map(|(_, position)| position).collect(),
+            prior: None,
+        })
+    }
+
     async fn append_once(
         &self,
         stream_id: &StreamId,
@@ -330,6 +374,9 @@ impl PgEventStore {
         inline: &[&Arc<dyn InlineHandler>],
         events: &[NewEvent],
     ) -> std::result::Result<AppendRow, AppendFailure> {
+        if key.is_none() && inline.is_empty() {
+            return self.append_plain(stream_id, expected, columns).await;
+        }
         let query = sqlx::query(&self.shared.sql.append)
             .bind(stream_id.as_str())
             .bind(key)

@@ -176,7 +176,10 @@ fn a_killed_append_statement_surfaces_and_writes_nothing() {
                             .await
                     })
                 };
-                let marker = format!("%\"{}\".idempotency_keys%", store.schema());
+                let marker = format!(
+                    "%\"{}\".events%WITH ORDINALITY AS e(event_id%",
+                    store.schema()
+                );
                 let deadline = Instant::now() + Duration::from_secs(20);
                 let mut killed = false;
                 while !append.is_finished() && Instant::now() < deadline {
