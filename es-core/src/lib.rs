@@ -101,8 +101,8 @@ pub use crate::event::{Catalog, Event, EventSchema, EventTypeInfo, FieldInfo, Sc
 pub use crate::memory::InMemoryStore;
 pub use crate::payload::Payload;
 pub use crate::projection::{
-    reset_projection, FailurePolicy, Handles, Projection, ProjectionRunner, ProjectionStatus,
-    ResetProjection, RetryReport, RunningProjection,
+    reset_projection, BatchError, FailurePolicy, Handles, Projection, ProjectionRunner,
+    ProjectionStatus, ResetProjection, RetryReport, RunningProjection,
 };
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::saga::{CausingEvent, Reaction};

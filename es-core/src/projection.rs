@@ -86,8 +86,66 @@ pub trait Projection: Send + Sync + 'static {
         event: &RecordedEvent,
     ) -> Result<(), BoxError>;
 
+    /// Handles a batch of events, in log order, in one context: what the
+    /// runner calls for each batch it reads. The default handles them one by
+    /// one with [`Projection::handle`]; override it to write a whole batch at
+    /// once (one multi-row insert instead of one statement per event).
+    ///
+    /// On failure, [`BatchError::handled`] says how many leading events took
+    /// effect in `context`. Where the context is a transaction, the runner
+    /// discards it and handles the batch again one event at a time, so the
+    /// failure policy applies to exactly the event that fails.
+    async fn handle_batch(
+        &self,
+        context: &mut Self::Context,
+        events: &[RecordedEvent],
+    ) -> Result<(), BatchError> {
+        for (handled, event) in events.iter().enumerate() {
+            self.handle(context, event)
+                .await
+                .map_err(|source| BatchError { handled, source })?;
+        }
+        Ok(())
+    }
+
     /// Clears the read model before a rebuild.
     async fn reset(&self, context: &mut Self::Context) -> Result<(), BoxError>;
+}
+
+/// A batch of events a projection could not handle as a whole.
+#[derive(Debug)]
+pub struct BatchError {
+    /// How many leading events of the batch took effect; the event at this
+    /// index failed.
+    pub handled: usize,
+    /// Why it failed.
+    pub source: BoxError,
+}
+
+impl BatchError {
+    /// A failure at the event at index `handled`.
+    pub fn at(handled: usize, source: impl Into<BoxError>) -> Self {
+        Self {
+            handled,
+            source: source.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "event {} of the batch failed: {}",
+            self.handled, self.source
+        )
+    }
+}
+
+impl std::error::Error for BatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
 }
 
 /// Clears `projection`'s read model inside `context` before a rebuild; a
@@ -148,6 +206,25 @@ pub trait Handles<E: Event>: Projection {
         context: &mut Self::Context,
         event: Envelope<E>,
     ) -> Result<(), BoxError>;
+
+    /// Handles consecutive decoded events of the family, in log order: the
+    /// derived [`Projection::handle_batch`] hands each run of one family's
+    /// events in a batch to it. The default calls
+    /// [`handle_event`](Handles::handle_event) for each; override it to write
+    /// them at once. On failure, [`BatchError::handled`] counts the events
+    /// of `events` that took effect.
+    async fn handle_events(
+        &self,
+        context: &mut Self::Context,
+        events: Vec<Envelope<E>>,
+    ) -> Result<(), BatchError> {
+        for (handled, event) in events.into_iter().enumerate() {
+            self.handle_event(context, event)
+                .await
+                .map_err(|source| BatchError { handled, source })?;
+        }
+        Ok(())
+    }
 }
 
 /// How a derived projection clears its read model before a rebuild.
@@ -470,64 +547,96 @@ where
         let inner = &*self.inner;
         let store = &inner.store;
         let mut context = store.begin().await?;
+        let failure = match inner.projection.handle_batch(&mut context, events).await {
+            Ok(()) => {
+                store
+                    .commit(context, P::NAME, Some(self.checkpoint(next)))
+                    .await?;
+                return Ok(Step::Progress(next));
+            }
+            Err(failure) => failure,
+        };
+        if !store.is_transactional() {
+            // What the batch did stays: go on from the event that failed.
+            let i = failure.handled.min(events.len().saturating_sub(1));
+            return self.failed(context, events, i, failure.source).await;
+        }
+        // The batch's writes go with its transaction: find the failing event
+        // one at a time.
+        drop(context);
+        let mut context = store.begin().await?;
         for (i, event) in events.iter().enumerate() {
-            let Err(source) = inner.projection.handle(&mut context, event).await else {
-                continue;
-            };
-            let before = i.checked_sub(1).map(|b| events[b].position);
-            // Undo the batch where the store can, then keep what is safe to keep.
-            let context = if store.is_transactional() {
-                drop(context);
-                let mut redo = store.begin().await?;
-                for earlier in &events[..i] {
-                    inner
-                        .projection
-                        .handle(&mut redo, earlier)
-                        .await
-                        .map_err(|source| projection_error(P::NAME, earlier, source))?;
-                }
-                redo
-            } else {
-                context
-            };
-            match self.policy {
-                FailurePolicy::Stop => {
-                    if let Some(before) = before {
-                        store
-                            .commit(context, P::NAME, Some(self.checkpoint(before)))
-                            .await?;
-                    }
-                    let error = projection_error(P::NAME, event, source);
-                    tracing::error!(%error, "projection stopped");
-                    return Err(error);
-                }
-                FailurePolicy::Park => {
-                    tracing::warn!(
-                        projection = P::NAME,
-                        position = %event.position,
-                        event_type = %event.event_type,
-                        error = %source,
-                        "event parked"
-                    );
-                    store
-                        .park(ParkedEvent {
-                            projection: P::NAME.to_owned(),
-                            event: event.clone(),
-                            error: source.to_string(),
-                            parked_at: Utc::now(),
-                        })
-                        .await?;
-                    store
-                        .commit(context, P::NAME, Some(self.checkpoint(event.position)))
-                        .await?;
-                    return Ok(Step::Progress(event.position));
-                }
+            if let Err(source) = inner.projection.handle(&mut context, event).await {
+                return self.failed(context, events, i, source).await;
             }
         }
         store
             .commit(context, P::NAME, Some(self.checkpoint(next)))
             .await?;
         Ok(Step::Progress(next))
+    }
+
+    /// Applies the failure policy to `events[i]`, keeping the effect of the
+    /// events before it.
+    async fn failed(
+        &self,
+        context: P::Context,
+        events: &[RecordedEvent],
+        i: usize,
+        source: BoxError,
+    ) -> Result<Step> {
+        let inner = &*self.inner;
+        let store = &inner.store;
+        let event = &events[i];
+        let before = i.checked_sub(1).map(|b| events[b].position);
+        // Undo the batch where the store can, then keep what is safe to keep.
+        let context = if store.is_transactional() {
+            drop(context);
+            let mut redo = store.begin().await?;
+            for earlier in &events[..i] {
+                inner
+                    .projection
+                    .handle(&mut redo, earlier)
+                    .await
+                    .map_err(|source| projection_error(P::NAME, earlier, source))?;
+            }
+            redo
+        } else {
+            context
+        };
+        match self.policy {
+            FailurePolicy::Stop => {
+                if let Some(before) = before {
+                    store
+                        .commit(context, P::NAME, Some(self.checkpoint(before)))
+                        .await?;
+                }
+                let error = projection_error(P::NAME, event, source);
+                tracing::error!(%error, "projection stopped");
+                Err(error)
+            }
+            FailurePolicy::Park => {
+                tracing::warn!(
+                    projection = P::NAME,
+                    position = %event.position,
+                    event_type = %event.event_type,
+                    error = %source,
+                    "event parked"
+                );
+                store
+                    .park(ParkedEvent {
+                        projection: P::NAME.to_owned(),
+                        event: event.clone(),
+                        error: source.to_string(),
+                        parked_at: Utc::now(),
+                    })
+                    .await?;
+                store
+                    .commit(context, P::NAME, Some(self.checkpoint(event.position)))
+                    .await?;
+                Ok(Step::Progress(event.position))
+            }
+        }
     }
 
     /// Handles the parked events again, in position order: each that

@@ -783,3 +783,183 @@ async fn run_until_returns_when_the_shutdown_future_completes() {
     assert_eq!(ledger.model().handled, positions(1..=11));
     assert_eq!(checkpoint_of(&store, "ledger").await, at(11, 1));
 }
+
+// ---------------------------------------------------------------------------
+// Batch handlers: runs of one family at once
+// ---------------------------------------------------------------------------
+
+#[derive(es_core::Event, Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum NoteEvent {
+    Noted { text: String },
+}
+
+/// The calls a `Journal` received: the family and the positions given.
+type Calls = Vec<(&'static str, Vec<u64>)>;
+
+/// Records each call: the family and the positions it was given.
+#[derive(es_core::Projection, Clone, Default)]
+#[projection(name = "journal", events(AccountEvent, NoteEvent))]
+struct Journal {
+    calls: Arc<Mutex<Calls>>,
+    fail_at: u64,
+}
+
+impl Journal {
+    fn calls(&self) -> Calls {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn handled(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self.calls().into_iter().flat_map(|(_, p)| p).collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+#[async_trait]
+impl es_core::Handles<AccountEvent> for Journal {
+    async fn handle_event(
+        &self,
+        _: &mut (),
+        event: es_core::Envelope<AccountEvent>,
+    ) -> Result<(), BoxError> {
+        if event.position.0 == self.fail_at {
+            return Err("journal refuses it".into());
+        }
+        self.calls
+            .lock()
+            .unwrap()
+            .push(("one account event", vec![event.position.0]));
+        Ok(())
+    }
+
+    async fn handle_events(
+        &self,
+        _: &mut (),
+        events: Vec<es_core::Envelope<AccountEvent>>,
+    ) -> Result<(), es_core::BatchError> {
+        let mut run = Vec::new();
+        let mut failed = None;
+        for (i, event) in events.iter().enumerate() {
+            if event.position.0 == self.fail_at {
+                failed = Some(i);
+                break;
+            }
+            run.push(event.position.0);
+        }
+        self.calls.lock().unwrap().push(("accounts", run));
+        match failed {
+            Some(i) => Err(es_core::BatchError::at(i, "journal refuses it")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl es_core::Handles<NoteEvent> for Journal {
+    async fn handle_event(
+        &self,
+        _: &mut (),
+        event: es_core::Envelope<NoteEvent>,
+    ) -> Result<(), BoxError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(("note", vec![event.position.0]));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl es_core::ResetProjection for Journal {
+    async fn reset_read_model(&self, _: &mut ()) -> Result<(), BoxError> {
+        self.calls.lock().unwrap().clear();
+        Ok(())
+    }
+}
+
+/// Ten account events, two notes, one more account event.
+async fn journal_log() -> InMemoryStore {
+    let store = InMemoryStore::new();
+    run_script(&store).await;
+    let notes: Vec<NewEvent> = ["one", "two"]
+        .into_iter()
+        .map(|text| {
+            NoteEvent::Noted { text: text.into() }
+                .encode(Metadata::default())
+                .unwrap()
+        })
+        .collect();
+    store
+        .append(
+            &StreamId::new("note-1"),
+            ExpectedVersion::NoStream,
+            notes,
+            &AppendOptions::default(),
+        )
+        .await
+        .unwrap();
+    Repository::<Account, _>::new(store.clone())
+        .execute("a", deposit(1))
+        .await
+        .unwrap();
+    store
+}
+
+#[tokio::test]
+async fn a_derived_projection_gets_each_run_of_one_family_at_once() {
+    let store = journal_log().await;
+    let journal = Journal::default();
+    let runner = ProjectionRunner::new(store.clone(), journal.clone()).batch_size(5);
+    assert_eq!(runner.catch_up().await.unwrap(), Position(13));
+    assert_eq!(
+        journal.calls(),
+        [
+            ("accounts", vec![1, 2, 3, 4, 5]),
+            ("accounts", vec![6, 7, 8, 9, 10]),
+            ("note", vec![11]),
+            ("note", vec![12]),
+            ("accounts", vec![13]),
+        ],
+        "account events come in runs; notes, without a batch handler, one by one"
+    );
+    assert_eq!(checkpoint_of(&store, "journal").await, at(13, 1));
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_part_way_parks_exactly_the_failing_event() {
+    let store = journal_log().await;
+    let journal = Journal {
+        fail_at: 7,
+        ..Journal::default()
+    };
+    let runner = ProjectionRunner::new(store.clone(), journal.clone())
+        .batch_size(5)
+        .failure_policy(FailurePolicy::Park);
+    assert_eq!(runner.catch_up().await.unwrap(), Position(13));
+    let mut expected: Vec<u64> = (1..=13).collect();
+    expected.retain(|p| *p != 7);
+    assert_eq!(
+        journal.handled(),
+        expected,
+        "every other event exactly once"
+    );
+    let parked = store.parked("journal").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event.position, Position(7));
+    assert!(parked[0].error.contains("refuses"), "{}", parked[0].error);
+
+    let stopping = Journal {
+        fail_at: 7,
+        ..Journal::default()
+    };
+    let other = InMemoryStore::new();
+    run_script(&other).await;
+    let runner = ProjectionRunner::new(other.clone(), stopping.clone()).batch_size(5);
+    match runner.catch_up().await {
+        Err(Error::Projection { position, .. }) => assert_eq!(position, Position(7)),
+        other => panic!("expected the projection to stop at 7, got {other:?}"),
+    }
+    assert_eq!(stopping.handled(), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(checkpoint_of(&other, "journal").await, at(6, 1));
+}

@@ -139,6 +139,39 @@ fn expand(input: &DeriveInput, parsed: &Input) -> TokenStream {
             }
         }
     });
+    let runs = events.iter().map(|family| {
+        let handles = quote_spanned! {family.span()=>
+            <Self as #krate::Handles<#family>>::handle_events(self, context, run).await
+        };
+        quote! {
+            if <#family as #krate::Event>::schema().resolve(&events[start].event_type).is_some() {
+                let mut run = ::std::vec::Vec::new();
+                let mut end = start;
+                let mut undecodable = ::core::option::Option::None;
+                while end < events.len()
+                    && <#family as #krate::Event>::schema().resolve(&events[end].event_type).is_some()
+                {
+                    match <#family as #krate::Event>::decode(&events[end]) {
+                        ::core::result::Result::Ok(envelope) => run.push(envelope),
+                        ::core::result::Result::Err(error) => {
+                            undecodable = ::core::option::Option::Some(error);
+                            break;
+                        }
+                    }
+                    end += 1;
+                }
+                #handles.map_err(|failure| #krate::BatchError {
+                    handled: start + failure.handled,
+                    source: failure.source,
+                })?;
+                if let ::core::option::Option::Some(error) = undecodable {
+                    return ::core::result::Result::Err(#krate::BatchError::at(end, error));
+                }
+                start = end;
+                continue;
+            }
+        }
+    });
     let reset = quote_spanned! {ident.span()=>
         <Self as #krate::ResetProjection>::reset_read_model(self, context).await
     };
@@ -163,6 +196,21 @@ fn expand(input: &DeriveInput, parsed: &Input) -> TokenStream {
                     event: &#krate::RecordedEvent,
                 ) -> ::core::result::Result<(), #krate::BoxError> {
                     #( #dispatch )*
+                    ::core::result::Result::Ok(())
+                }
+
+                async fn handle_batch(
+                    &self,
+                    context: &mut #context,
+                    events: &[#krate::RecordedEvent],
+                ) -> ::core::result::Result<(), #krate::BatchError> {
+                    // Each run of consecutive events of one family goes to
+                    // its `handle_events` at once.
+                    let mut start = 0;
+                    while start < events.len() {
+                        #( #runs )*
+                        start += 1;
+                    }
                     ::core::result::Result::Ok(())
                 }
 

@@ -384,3 +384,75 @@ fn a_projection_without_a_transaction_follows_the_log_live() {
         );
     });
 }
+
+/// The same rows, written by a batch handler that gives up on the whole
+/// batch when one event fails (after writing the rows before it).
+#[derive(es_core::Projection)]
+#[projection(name = "order_rows", events(OrderEvent), context = SqliteTx)]
+struct OrderRowsBatched {
+    rows: OrderRows,
+    batches: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Handles<OrderEvent> for OrderRowsBatched {
+    async fn handle_event(
+        &self,
+        tx: &mut SqliteTx,
+        event: Envelope<OrderEvent>,
+    ) -> Result<(), BoxError> {
+        self.rows.handle_event(tx, event).await
+    }
+
+    async fn handle_events(
+        &self,
+        tx: &mut SqliteTx,
+        events: Vec<Envelope<OrderEvent>>,
+    ) -> Result<(), es_core::BatchError> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        for event in events {
+            self.rows
+                .handle_event(tx, event)
+                .await
+                .map_err(|source| es_core::BatchError::at(0, source))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResetProjection for OrderRowsBatched {
+    async fn reset_read_model(&self, tx: &mut SqliteTx) -> Result<(), BoxError> {
+        self.rows.reset_read_model(tx).await
+    }
+}
+
+#[test]
+fn a_failed_batch_is_undone_and_handled_again_event_by_event() {
+    runtime().block_on(async {
+        let store = store_with_orders().await;
+        let (rows_projection, faults) = projection();
+        faults.fail_at.store(17, Ordering::SeqCst);
+        let batches = Arc::new(AtomicU64::new(0));
+        let projection = OrderRowsBatched {
+            rows: rows_projection,
+            batches: Arc::clone(&batches),
+        };
+        let runner = ProjectionRunner::new(store.clone(), projection)
+            .batch_size(10)
+            .failure_policy(FailurePolicy::Park);
+        assert_eq!(runner.catch_up().await.unwrap(), Position(2 * ORDERS));
+        // Batches 1..=10, 11..=20 (fails at 17), 18..=27, 28..=30.
+        assert_eq!(batches.load(Ordering::SeqCst), 4);
+        let expected: Vec<u64> = (1..=2 * ORDERS).filter(|p| *p != 17).collect();
+        assert_eq!(
+            rows(&store).await,
+            expected,
+            "the failed batch's rows were undone, each other event written once"
+        );
+        assert_eq!(checkpoint(&store).await, Some((2 * ORDERS, 1)));
+        let parked = store.parked("order_rows").await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].event.position, Position(17));
+    });
+}
