@@ -5,7 +5,9 @@ use es_core::{
     Committed, Error, EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, Result,
     StreamId, Version,
 };
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::Postgres;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -63,6 +65,21 @@ pub(crate) struct EventColumns<'a> {
 }
 
 impl<'a> EventColumns<'a> {
+    /// Binds the six column arrays, in the order the append statements
+    /// number them.
+    pub(crate) fn bind_to<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.event_ids)
+            .bind(&self.event_types)
+            .bind(&self.schema_versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+            .bind(&self.recorded_at)
+    }
+
     /// Encodes new events; an event without `recorded_at` gets `now`.
     pub(crate) fn encode(events: &'a [NewEvent], now: DateTime<Utc>) -> Result<Self> {
         let mut columns = Self {

@@ -329,15 +329,11 @@ impl PgEventStore {
         expected: i64,
         columns: &EventColumns<'_>,
     ) -> std::result::Result<AppendRow, AppendFailure> {
-        let rows = sqlx::query(&self.shared.sql.append_plain)
+        let query = sqlx::query(&self.shared.sql.append_plain)
             .bind(stream_id.as_str())
-            .bind(expected)
-            .bind(&columns.event_ids)
-            .bind(&columns.event_types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata)
-            .bind(&columns.recorded_at)
+            .bind(expected);
+        let rows = columns
+            .bind_to(query)
             .fetch_all(&self.shared.pool)
             .await
             .map_err(AppendFailure::Db)?;
@@ -377,16 +373,12 @@ impl PgEventStore {
         if key.is_none() && inline.is_empty() {
             return self.append_plain(stream_id, expected, columns).await;
         }
-        let query = sqlx::query(&self.shared.sql.append)
-            .bind(stream_id.as_str())
-            .bind(key)
-            .bind(expected)
-            .bind(&columns.event_ids)
-            .bind(&columns.event_types)
-            .bind(&columns.schema_versions)
-            .bind(&columns.payloads)
-            .bind(&columns.metadata)
-            .bind(&columns.recorded_at);
+        let query = columns.bind_to(
+            sqlx::query(&self.shared.sql.append)
+                .bind(stream_id.as_str())
+                .bind(key)
+                .bind(expected),
+        );
         if inline.is_empty() {
             let row = query
                 .fetch_one(&self.shared.pool)
