@@ -183,28 +183,34 @@ pub(crate) struct EventReader {
 
 impl EventReader {
     /// Reads a stored event from a row whose first columns are those of
-    /// `EVENT_COLUMNS` (see [`event_from_row`]).
+    /// `EVENT_COLUMNS` (see [`event_from_row`]). The columns' types are the
+    /// migration's, so the per-value type check is skipped; a value of
+    /// another type would still fail to decode (lengths and UTF-8 are
+    /// checked), never be misread silently.
     pub(crate) fn read(&mut self, row: &PgRow) -> Result<RecordedEvent> {
         let get_err = |column: &'static str| {
             move |source: sqlx::Error| {
                 Error::store(format!("cannot read event column `{column}`"), source)
             }
         };
-        let position: i64 = row.try_get(0).map_err(get_err("position"))?;
-        let stream_id: &str = row.try_get(1).map_err(get_err("stream_id"))?;
-        let version: i64 = row.try_get(2).map_err(get_err("version"))?;
-        let event_id: Uuid = row.try_get(3).map_err(get_err("event_id"))?;
-        let event_type: String = row.try_get(4).map_err(get_err("event_type"))?;
-        let schema_version: i32 = row.try_get(5).map_err(get_err("schema_version"))?;
-        let recorded_at: DateTime<Utc> = row.try_get(8).map_err(get_err("recorded_at"))?;
+        let position: i64 = row.try_get_unchecked(0).map_err(get_err("position"))?;
+        let stream_id: &str = row.try_get_unchecked(1).map_err(get_err("stream_id"))?;
+        let version: i64 = row.try_get_unchecked(2).map_err(get_err("version"))?;
+        let event_id: Uuid = row.try_get_unchecked(3).map_err(get_err("event_id"))?;
+        let event_type: String = row.try_get_unchecked(4).map_err(get_err("event_type"))?;
+        let schema_version: i32 = row
+            .try_get_unchecked(5)
+            .map_err(get_err("schema_version"))?;
+        let recorded_at: DateTime<Utc> =
+            row.try_get_unchecked(8).map_err(get_err("recorded_at"))?;
         let where_ = || format!("stream `{stream_id}` v{version} at position {position}");
-        let payload: &str = row.try_get(6).map_err(|source| {
+        let payload: &str = row.try_get_unchecked(6).map_err(|source| {
             Error::store(format!("cannot read the payload of {}", where_()), source)
         })?;
         let payload = Payload::from_json(payload).map_err(|source| {
             Error::store(format!("the payload of {} is not JSON", where_()), source)
         })?;
-        let metadata_text: &str = row.try_get(7).map_err(|source| {
+        let metadata_text: &str = row.try_get_unchecked(7).map_err(|source| {
             Error::store(format!("cannot read the metadata of {}", where_()), source)
         })?;
         let mut metadata = if metadata_text == "{}" {
