@@ -111,8 +111,8 @@ pub use crate::store::{
 };
 pub use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId,
-    ExpectedVersion, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, Snapshot, StreamId,
-    Version,
+    ExpectedVersion, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, ReplayedEvent,
+    Snapshot, StreamId, Version,
 };
 
 /// The README's example, compiled and run as a doc test.

@@ -9,7 +9,7 @@ use chrono::Utc;
 use tracing::{field, Instrument};
 
 use crate::aggregate::{Aggregate, SnapshotPolicy};
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, Error, Result};
 use crate::event::Event;
 use crate::store::{EventStore, SnapshotStore};
 use crate::types::{
@@ -288,8 +288,17 @@ where
         } = &mut loaded;
         let from = version.next();
         self.store
-            .visit_stream(stream_id, from, &mut |raw| {
-                let event = schema.decode_event::<A::Event>(raw)?;
+            .replay_stream(stream_id, from, &mut |raw| {
+                let event = schema
+                    .decode_payload::<A::Event>(raw.event_type, raw.schema_version, raw.payload)
+                    .map_err(|kind| DecodeError {
+                        stream_id: stream_id.clone(),
+                        version: raw.version,
+                        position: raw.position,
+                        event_type: raw.event_type.to_owned(),
+                        schema_version: raw.schema_version,
+                        kind,
+                    })?;
                 state.evolve(&event);
                 *version = raw.version;
                 applied += 1;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, EventFilter, ExpectedVersion, NewEvent,
-    ParkedEvent, Position, RecordedEvent, Snapshot, StreamId, Version,
+    ParkedEvent, Position, RecordedEvent, ReplayedEvent, Snapshot, StreamId, Version,
 };
 
 /// A slice of the global log, as returned by [`EventStore::read_all`].
@@ -81,6 +81,23 @@ pub trait EventStore: Send + Sync {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Calls `visit` with what replaying an aggregate needs of each event
+    /// of a stream from version `from`, in order, stopping at the first
+    /// error: the repository's load. The default goes through
+    /// [`EventStore::visit_stream`]; a store that can read less than whole
+    /// events overrides it.
+    async fn replay_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        visit: &mut (dyn for<'e> FnMut(ReplayedEvent<'e>) -> Result<()> + Send),
+    ) -> Result<()> {
+        self.visit_stream(stream_id, from, &mut |event| {
+            visit(ReplayedEvent::of(event))
+        })
+        .await
     }
 
     /// The version of a stream's last event ([`Version::INITIAL`] for a

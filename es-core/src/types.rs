@@ -305,6 +305,36 @@ pub struct RecordedEvent {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// What replaying an aggregate needs of a stored event: where it is, its
+/// type and its payload, borrowed from the store's row
+/// ([`EventStore::replay_stream`](crate::EventStore::replay_stream)).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReplayedEvent<'a> {
+    /// The event's place in the global log.
+    pub position: Position,
+    /// Its 1-based index in the stream.
+    pub version: Version,
+    /// The stored name of the event type (may be an alias).
+    pub event_type: &'a str,
+    /// The version of the stored payload's shape.
+    pub schema_version: u32,
+    /// The stored JSON payload.
+    pub payload: &'a Payload,
+}
+
+impl<'a> ReplayedEvent<'a> {
+    /// The replayed part of a stored event.
+    pub fn of(event: &'a RecordedEvent) -> Self {
+        Self {
+            position: event.position,
+            version: event.version,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            payload: &event.payload,
+        }
+    }
+}
+
 /// A decoded event with everything known about it: what handlers and
 /// projections receive.
 #[derive(Clone, Debug, PartialEq)]

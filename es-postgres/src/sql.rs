@@ -56,6 +56,7 @@ pub(crate) struct Statements {
     pub(crate) append: String,
     pub(crate) append_plain: String,
     pub(crate) read_stream: String,
+    pub(crate) replay_stream: String,
     pub(crate) stream_version: String,
     pub(crate) read_all: String,
     pub(crate) read_all_filtered: String,
@@ -254,6 +255,10 @@ impl Statements {
             set_search_path: format!("SET search_path TO {s}"),
             append,
             append_plain,
+            replay_stream: format!(
+                "SELECT position, version, event_type, schema_version, payload::text AS payload
+                 FROM {s}.events WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+            ),
             read_stream: format!(
                 "SELECT {cols} FROM {s}.events WHERE stream_id = $1 AND version >= $2
                  ORDER BY version LIMIT $3"

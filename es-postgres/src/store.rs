@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::{
     AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, Error, EventFilter,
-    EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Result,
-    Snapshot, SnapshotStore, StreamId, Version,
+    EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Payload, Position, RecordedEvent,
+    ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
 };
 use serde_json::Value;
 use sqlx::migrate::Migrator;
@@ -562,6 +562,17 @@ fn append_row(row: &PgRow) -> Result<AppendRow> {
     })
 }
 
+/// The columns of the replay statement (their types are the migration's).
+fn replayed_columns(row: &PgRow) -> std::result::Result<(i64, i64, &str, i32, &str), sqlx::Error> {
+    Ok((
+        row.try_get_unchecked(0)?,
+        row.try_get_unchecked(1)?,
+        row.try_get_unchecked(2)?,
+        row.try_get_unchecked(3)?,
+        row.try_get_unchecked(4)?,
+    ))
+}
+
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
@@ -709,6 +720,39 @@ impl EventStore for PgEventStore {
         while let Some(row) = rows.next().await {
             let row = row.map_err(db_error(context()))?;
             visit(&reader.read(&row)?)?;
+        }
+        Ok(())
+    }
+
+    /// One statement reading only what a replay needs; each row is visited
+    /// as it arrives.
+    async fn replay_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        visit: &mut (dyn for<'e> FnMut(ReplayedEvent<'e>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let context = || format!("cannot read stream `{stream_id}` from version {from}");
+        let mut rows = sqlx::query(&self.shared.sql.replay_stream)
+            .bind(stream_id.as_str())
+            .bind(to_i64(from.0, "version")?)
+            .fetch(&self.shared.pool);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(db_error(context()))?;
+            let (position, version, event_type, schema_version, payload) =
+                replayed_columns(&row).map_err(db_error(context()))?;
+            // The column's type is `json`: the server checked it.
+            let payload = Payload::from_trusted_json(payload);
+            visit(ReplayedEvent {
+                position: Position(to_u64(position, "position")?),
+                version: Version(to_u64(version, "version")?),
+                event_type,
+                schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
+                    message: format!("stored schema version {schema_version} is negative"),
+                    source: None,
+                })?,
+                payload: &payload,
+            })?;
         }
         Ok(())
     }

@@ -669,9 +669,9 @@ pub async fn large_batches<S: ConformanceStore>(store: S) {
         .is_empty());
 }
 
-/// Visiting a stream sees what reading it returns, in version order, across
-/// more events than one page; a visitor's error ends the visit and is
-/// returned.
+/// Visiting or replaying a stream sees what reading it returns, in version
+/// order, across more events than one page; a visitor's error ends the
+/// visit and is returned.
 pub async fn visit_stream_in_order<S: ConformanceStore>(store: S) {
     let stream = StreamId::new("visited-1");
     let other = StreamId::new("visited-2");
@@ -700,6 +700,45 @@ pub async fn visit_stream_in_order<S: ConformanceStore>(store: S) {
             .unwrap();
         assert_eq!(seen, stored[(from.0 as usize - 1)..], "visited from {from}");
     }
+    for from in [Version(1), Version(2_500), Version(2_501)] {
+        let mut replayed = Vec::new();
+        store
+            .replay_stream(&stream, from, &mut |e| {
+                replayed.push((
+                    e.position,
+                    e.version,
+                    e.event_type.to_owned(),
+                    e.schema_version,
+                    e.payload.clone(),
+                ));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let expected: Vec<_> = stored[(from.0 as usize - 1)..]
+            .iter()
+            .map(|e| {
+                let e = e.clone();
+                (
+                    e.position,
+                    e.version,
+                    e.event_type,
+                    e.schema_version,
+                    e.payload,
+                )
+            })
+            .collect();
+        assert_eq!(replayed, expected, "replayed from {from}");
+    }
+    let mut replays = 0;
+    let stopped = store
+        .replay_stream(&stream, Version(1), &mut |_| {
+            replays += 1;
+            Err(Error::Schema("stop replaying".into()))
+        })
+        .await;
+    assert!(matches!(stopped, Err(Error::Schema(_))), "{stopped:?}");
+    assert_eq!(replays, 1, "a replay ends at the visitor's error");
     let mut missing = 0;
     store
         .visit_stream(&StreamId::new("visited-none"), Version(1), &mut |_| {
