@@ -65,6 +65,35 @@ pub(crate) struct EventColumns<'a> {
 }
 
 impl<'a> EventColumns<'a> {
+    /// Binds the values of the only event, in the order of the six column
+    /// arrays; `None` when there is not exactly one event.
+    pub(crate) fn bind_one_to<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Option<Query<'q, Postgres, PgArguments>> {
+        match (
+            &self.event_ids[..],
+            &self.event_types[..],
+            &self.schema_versions[..],
+            &self.payloads[..],
+            &self.metadata[..],
+            &self.recorded_at[..],
+        ) {
+            ([event_id], [event_type], [schema_version], [payload], [metadata], [recorded_at]) => {
+                Some(
+                    query
+                        .bind(event_id)
+                        .bind(*event_type)
+                        .bind(schema_version)
+                        .bind(*payload)
+                        .bind(metadata.as_str())
+                        .bind(recorded_at),
+                )
+            }
+            _ => None,
+        }
+    }
+
     /// Binds the six column arrays, in the order the append statements
     /// number them.
     pub(crate) fn bind_to<'q>(

@@ -55,6 +55,7 @@ pub(crate) struct Statements {
     pub(crate) set_search_path: String,
     pub(crate) append: String,
     pub(crate) append_plain: String,
+    pub(crate) append_one: String,
     pub(crate) read_stream: String,
     pub(crate) replay_stream: String,
     pub(crate) stream_version: String,
@@ -152,6 +153,15 @@ impl Statements {
                       WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
              ORDER BY e.n
+             RETURNING position, version"
+        );
+        // The same for one event, with scalar parameters instead of arrays.
+        let append_one = format!(
+            "INSERT INTO {s}.events
+                (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+             SELECT $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
+             FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current
+             WHERE $2::int8 < 0 OR current.version = $2::int8
              RETURNING position, version"
         );
         // Every read of the log returns the page's events and two columns,
@@ -255,6 +265,7 @@ impl Statements {
             set_search_path: format!("SET search_path TO {s}"),
             append,
             append_plain,
+            append_one,
             replay_stream: format!(
                 "SELECT position, version, event_type, schema_version, payload::text AS payload
                  FROM {s}.events WHERE stream_id = $1 AND version >= $2 ORDER BY version"

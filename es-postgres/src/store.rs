@@ -329,11 +329,18 @@ impl PgEventStore {
         expected: i64,
         columns: &EventColumns<'_>,
     ) -> std::result::Result<AppendRow, AppendFailure> {
-        let query = sqlx::query(&self.shared.sql.append_plain)
+        let one = sqlx::query(&self.shared.sql.append_one)
             .bind(stream_id.as_str())
             .bind(expected);
-        let rows = columns
-            .bind_to(query)
+        let query = match columns.bind_one_to(one) {
+            Some(query) => query,
+            None => columns.bind_to(
+                sqlx::query(&self.shared.sql.append_plain)
+                    .bind(stream_id.as_str())
+                    .bind(expected),
+            ),
+        };
+        let rows = query
             .fetch_all(&self.shared.pool)
             .await
             .map_err(AppendFailure::Db)?;
