@@ -41,10 +41,12 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
 }
 
 /// The columns of a stored event, in the order [`crate::row`] reads them.
-/// The payload and metadata are read as text: the payload is kept as text,
-/// and the common `{}` metadata needs no parsing.
+/// The payload and metadata are read as their text: a `json` value goes over
+/// the wire as its text (unlike `jsonb`, whose binary form has a version
+/// byte), so the payload is kept as it comes and the common `{}` metadata
+/// needs no parsing.
 const EVENT_COLUMNS: &str =
-    "position, stream_id, version, event_id, event_type, schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at";
+    "position, stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at";
 
 /// The statements of one store.
 #[derive(Debug)]
@@ -267,7 +269,7 @@ impl Statements {
             append_plain,
             append_one,
             replay_stream: format!(
-                "SELECT position, version, event_type, schema_version, payload::text AS payload
+                "SELECT position, version, event_type, schema_version, payload
                  FROM {s}.events WHERE stream_id = $1 AND version >= $2 ORDER BY version"
             ),
             read_stream: format!(
