@@ -42,7 +42,7 @@ pub struct Payload(Arc<str>);
 impl Payload {
     /// Writes a value as a payload.
     pub fn encode<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
-        serde_json::to_string(value).map(Self::from_checked)
+        serde_json::to_string(value).map(Self::from_trusted_json)
     }
 
     /// Takes JSON text as a payload, after checking that it is well-formed.
@@ -58,11 +58,6 @@ impl Payload {
     /// that is not JSON is no memory hazard: decoding it fails with a
     /// payload error, and comparisons treat it as unequal to anything.
     pub fn from_trusted_json(text: impl Into<Arc<str>>) -> Self {
-        Self(text.into())
-    }
-
-    /// Text known to be well-formed JSON.
-    pub(crate) fn from_checked(text: String) -> Self {
         Self(text.into())
     }
 
@@ -86,7 +81,9 @@ impl Payload {
         self.0.len()
     }
 
-    /// Always false: the shortest JSON text is one byte long.
+    /// Whether the text is empty: never for JSON (the shortest JSON text is
+    /// one byte long), only for text taken with
+    /// [`Payload::from_trusted_json`] that was not JSON.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -94,7 +91,7 @@ impl Payload {
 
 impl From<&Value> for Payload {
     fn from(value: &Value) -> Self {
-        Self::from_checked(value.to_string())
+        Self::from_trusted_json(value.to_string())
     }
 }
 

@@ -17,11 +17,16 @@ pub use std::sync::OnceLock;
 /// Writes one variant of an externally tagged enum as its payload: the
 /// variant's fields without the tag, `{}` for a unit variant.
 pub fn variant_payload<T: Serialize + ?Sized>(event: &T) -> serde_json::Result<Payload> {
-    let mut text = Vec::with_capacity(128);
-    event.serialize(VariantOnly(&mut serde_json::Serializer::new(&mut text)))?;
-    String::from_utf8(text)
-        .map(Payload::from_checked)
-        .map_err(ser::Error::custom)
+    Payload::encode(&VariantContent(event))
+}
+
+/// An enum serialized as the content of its variant.
+struct VariantContent<'a, T: ?Sized>(&'a T);
+
+impl<T: Serialize + ?Sized> Serialize for VariantContent<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(VariantOnly(serializer))
+    }
 }
 
 /// A serializer that writes an enum variant's content with `S` and refuses
