@@ -112,7 +112,7 @@ pub use crate::store::{
 pub use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId,
     ExpectedVersion, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, ReplayedEvent,
-    Snapshot, StreamId, Version,
+    Snapshot, StreamId, StreamIdReuse, Version,
 };
 
 /// The README's example, compiled and run as a doc test.

@@ -89,6 +89,37 @@ impl AsRef<str> for StreamId {
     }
 }
 
+/// Hands out stream ids for the rows of one read, reusing the last one while
+/// the rows name the same stream.
+///
+/// A store's reader meets events of one stream together (a page of a
+/// stream, one aggregate's burst in the global log): those events then share
+/// one [`StreamId`] instead of one allocation each.
+///
+/// ```
+/// use es_core::StreamIdReuse;
+///
+/// let mut ids = StreamIdReuse::default();
+/// let a = ids.get("order-1");
+/// let b = ids.get("order-1");
+/// assert!(std::ptr::eq(a.as_str(), b.as_str()));
+/// assert_eq!(ids.get("order-2").as_str(), "order-2");
+/// ```
+#[derive(Debug, Default)]
+pub struct StreamIdReuse {
+    last: Option<StreamId>,
+}
+
+impl StreamIdReuse {
+    /// The stream id of `text`: the previous one if it has the same text.
+    pub fn get(&mut self, text: &str) -> StreamId {
+        match &self.last {
+            Some(last) if last.as_str() == text => last.clone(),
+            _ => self.last.insert(StreamId::from(text)).clone(),
+        }
+    }
+}
+
 /// An event's 1-based index in its stream; the optimistic-concurrency token.
 ///
 /// `Version::INITIAL` (0) is the version of a stream that has no events yet.

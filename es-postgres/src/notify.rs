@@ -60,6 +60,16 @@ impl Signals {
         }
     }
 
+    /// Whether this store appended since it was opened (its notifier runs).
+    pub(crate) fn has_appended(&self) -> bool {
+        self.notifier_started.load(Ordering::Acquire)
+    }
+
+    /// Ends the background tasks (notifier and listener).
+    pub(crate) fn stop(&self) {
+        self.alive.send_replace(());
+    }
+
     /// A receiver of wake-ups, and the listener started if it was not.
     pub(crate) fn subscribe(&self, pool: &PgPool, channel: &str) -> watch::Receiver<u64> {
         if !self.listening.swap(true, Ordering::AcqRel) {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use es_core::{
     Committed, Error, EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, Result,
-    StreamId, Version,
+    StreamId, StreamIdReuse, Version,
 };
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -207,7 +207,7 @@ pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
 /// stream's page, an aggregate's burst in the log) share one stream id.
 #[derive(Default)]
 pub(crate) struct EventReader {
-    last_stream: Option<StreamId>,
+    stream_ids: StreamIdReuse,
 }
 
 impl EventReader {
@@ -252,10 +252,7 @@ impl EventReader {
         Ok(RecordedEvent {
             position: Position(to_u64(position, "position")?),
             version: Version(to_u64(version, "version")?),
-            stream_id: match &self.last_stream {
-                Some(last) if last.as_str() == stream_id => last.clone(),
-                _ => self.last_stream.insert(StreamId::from(stream_id)).clone(),
-            },
+            stream_id: self.stream_ids.get(stream_id),
             event_id: EventId(event_id),
             event_type,
             schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {

@@ -246,6 +246,30 @@ impl PgEventStore {
         &self.shared.pool
     }
 
+    /// Closes the store: announces this process's last appends to other
+    /// processes' waiting readers, ends the background tasks and closes the
+    /// pool, waiting for the connections in use to be returned. Every handle
+    /// of the store (its clones share the pool) fails its operations after
+    /// this with [`Error::Store`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> es_core::Result<()> {
+    /// let store = es_postgres::PgEventStore::connect("postgres://postgres@127.0.0.1/test").await?;
+    /// // … serve …
+    /// store.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self) {
+        let shared = &self.shared;
+        if shared.signals.has_appended() {
+            if let Err(error) = sqlx::query(&shared.notify_sql).execute(&shared.pool).await {
+                tracing::warn!(%error, "cannot send the last new-events notification");
+            }
+        }
+        shared.signals.stop();
+        shared.pool.close().await;
+    }
+
     /// The schema of the store's tables.
     pub fn schema(&self) -> &str {
         &self.shared.sql.schema

@@ -217,3 +217,54 @@ fn a_killed_append_statement_surfaces_and_writes_nothing() {
         .await;
     });
 }
+
+#[test]
+fn a_closed_store_refuses_work_and_other_processes_still_hear_of_its_appends() {
+    es_core::testkit::block_on(async {
+        common::with_store(PgStoreOptions::new(), 4, |store| async move {
+            // Another process's store on the same schema, waiting for events.
+            let other = PgStoreOptions::new()
+                .schema(store.schema())
+                .connect(&common::url())
+                .await
+                .expect("open a second store");
+            let head = other.head().await.unwrap();
+            let waiting = {
+                let other = other.clone();
+                tokio::spawn(
+                    async move { other.wait_for_events(head, Duration::from_secs(20)).await },
+                )
+            };
+            let stream = StreamId::new("closing-1");
+            store
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    batch("Last", 2, 10),
+                    &AppendOptions::default(),
+                )
+                .await
+                .unwrap();
+            let clone = store.clone();
+            store.close().await;
+            assert!(waiting.await.unwrap().unwrap(), "the other store woke up");
+
+            for handle in [&store, &clone] {
+                let error = handle
+                    .append(
+                        &stream,
+                        ExpectedVersion::Any,
+                        batch("Late", 1, 10),
+                        &AppendOptions::default(),
+                    )
+                    .await
+                    .expect_err("a closed store appends nothing");
+                assert!(matches!(error, es_core::Error::Store { .. }), "{error:?}");
+                assert!(handle.stream_version(&stream).await.is_err());
+            }
+            assert_eq!(other.stream_version(&stream).await.unwrap(), Version(2));
+            other.close().await;
+        })
+        .await;
+    });
+}

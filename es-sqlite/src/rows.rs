@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use es_core::{
     Checkpoint, Committed, EventId, Metadata, NewEvent, ParkedEvent, Payload, Position,
-    RecordedEvent, Snapshot, StreamId, Version,
+    RecordedEvent, Snapshot, StreamId, StreamIdReuse, Version,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
@@ -171,7 +171,7 @@ impl Unpacker<'_> {
         }
         // Events of one stream come together (a page of one stream, or a
         // burst of one aggregate's events in the log): they share one id.
-        let mut last_stream: Option<StreamId> = None;
+        let mut stream_ids_reused = StreamIdReuse::default();
         for index in 0..count {
             let position = Position(to_u64(
                 positions.next().ok_or_else(|| malformed("position"))?,
@@ -202,10 +202,7 @@ impl Unpacker<'_> {
             };
             let recorded_at = from_micros(recorded_at)?;
             metadata.recorded_at = Some(recorded_at);
-            let stream_id = match &last_stream {
-                Some(last) if last.as_str() == stream_id => last.clone(),
-                _ => last_stream.insert(StreamId::from(stream_id)).clone(),
-            };
+            let stream_id = stream_ids_reused.get(stream_id);
             events.push(RecordedEvent {
                 position,
                 stream_id,
