@@ -87,6 +87,7 @@ mod event;
 mod memory;
 mod payload;
 mod projection;
+mod reader;
 mod repository;
 mod saga;
 mod store;
@@ -104,6 +105,7 @@ pub use crate::projection::{
     reset_projection, BatchError, FailurePolicy, Handles, Projection, ProjectionRunner,
     ProjectionStatus, ResetProjection, RetryReport, RunningProjection,
 };
+pub use crate::reader::LogReader;
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::saga::{CausingEvent, Reaction};
 pub use crate::store::{

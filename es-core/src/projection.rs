@@ -11,7 +11,8 @@ use tracing::Instrument;
 
 use crate::error::{BoxError, Error, Result};
 use crate::event::Event;
-use crate::store::{CheckpointStore, ContextProvider, EventStore};
+use crate::reader::LogReader;
+use crate::store::{CheckpointStore, ContextProvider, EventStore, LogSlice};
 use crate::types::{Checkpoint, Envelope, EventFilter, ParkedEvent, Position, RecordedEvent};
 
 /// A read model fed by events of the global log.
@@ -309,7 +310,7 @@ pub struct ProjectionRunner<P, S> {
 
 /// What clones of a runner share.
 struct Inner<P, S> {
-    store: S,
+    store: Arc<S>,
     projection: P,
     filter: EventFilter,
 }
@@ -356,7 +357,7 @@ where
         };
         Self {
             inner: Arc::new(Inner {
-                store,
+                store: Arc::new(store),
                 projection,
                 filter,
             }),
@@ -396,6 +397,16 @@ where
     /// The store.
     pub fn store(&self) -> &S {
         &self.inner.store
+    }
+
+    /// A reader of the log for this projection, after `position`.
+    fn reader(&self, position: Position) -> LogReader<S> {
+        LogReader::new(
+            Arc::clone(&self.inner.store),
+            position,
+            self.inner.filter.clone(),
+            self.batch_size,
+        )
     }
 
     /// The projection's checkpoint, its head and parked count.
@@ -456,11 +467,10 @@ where
     /// Handles every event up to the log's current end, then returns the
     /// checkpoint.
     pub async fn catch_up(&self) -> Result<Position> {
-        let mut position = self.start().await?;
+        let mut reader = self.reader(self.start().await?);
         loop {
-            match self.step(position).await? {
-                Step::Progress(p) => position = p,
-                Step::Idle(p) => return Ok(p),
+            if let Step::Idle(p) = self.step(&mut reader).await? {
+                return Ok(p);
             }
         }
     }
@@ -469,7 +479,8 @@ where
     /// batch in progress is finished before returning.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut position = self.start().await?;
+        let mut reader = self.reader(self.start().await?);
+        let mut position = reader.position();
         loop {
             let stop_now = tokio::select! {
                 biased;
@@ -479,7 +490,7 @@ where
             if stop_now {
                 break;
             }
-            match self.step(position).await? {
+            match self.step(&mut reader).await? {
                 Step::Progress(p) => position = p,
                 Step::Idle(p) => {
                     position = p;
@@ -502,13 +513,19 @@ where
         RunningProjection::spawn_with(|shutdown| async move { runner.run_until(shutdown).await })
     }
 
-    /// Reads and handles one batch after `position`.
-    async fn step(&self, position: Position) -> Result<Step> {
-        let inner = &*self.inner;
-        let slice = inner
-            .store
-            .read_all(position, &inner.filter, self.batch_size)
-            .await?;
+    /// Reads and handles the reader's next batch; the reader then stands
+    /// where the step got to.
+    async fn step(&self, reader: &mut LogReader<S>) -> Result<Step> {
+        let position = reader.position();
+        let slice = reader.next_page().await?;
+        let step = self.handle_slice(position, slice).await?;
+        let (Step::Progress(p) | Step::Idle(p)) = step;
+        reader.seek(p);
+        Ok(step)
+    }
+
+    /// Handles a slice of the log read after `position`.
+    async fn handle_slice(&self, position: Position, slice: LogSlice) -> Result<Step> {
         if slice.events.is_empty() {
             if slice.next != position {
                 self.commit_empty(slice.next).await?;

@@ -1,0 +1,134 @@
+//! The log reader: pages in order, the page read ahead, events appended
+//! after the reader reached the end, filters and seeks.
+
+use std::sync::Arc;
+
+use es_core::testkit::conformance::new_event;
+use es_core::{
+    AppendOptions, EventFilter, EventStore, ExpectedVersion, InMemoryStore, LogReader, Position,
+    StreamId,
+};
+use serde_json::json;
+
+async fn append(store: &InMemoryStore, stream: &str, kinds: &[&str]) {
+    let events = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| new_event(kind, json!({ "i": i })))
+        .collect();
+    store
+        .append(
+            &StreamId::new(stream),
+            ExpectedVersion::Any,
+            events,
+            &AppendOptions::default(),
+        )
+        .await
+        .unwrap();
+}
+
+fn numbers(positions: &[Position]) -> Vec<u64> {
+    positions.iter().map(|p| p.0).collect()
+}
+
+#[tokio::test]
+async fn a_reader_reads_the_whole_log_in_order_page_by_page() {
+    let store = Arc::new(InMemoryStore::new());
+    for s in 0..5 {
+        append(&store, &format!("s-{s}"), &["A", "B"]).await;
+    }
+    let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 3);
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = reader.next_page().await.unwrap();
+        if page.events.is_empty() {
+            break;
+        }
+        sizes.push(page.events.len());
+        seen.extend(page.events.iter().map(|e| e.position));
+        assert_eq!(reader.position(), page.next);
+    }
+    assert_eq!(sizes, [3, 3, 3, 1]);
+    assert_eq!(numbers(&seen), (1..=10).collect::<Vec<_>>());
+    assert_eq!(reader.position(), Position(10));
+}
+
+#[tokio::test]
+async fn a_reader_sees_events_appended_after_it_reached_the_end() {
+    let store = Arc::new(InMemoryStore::new());
+    append(&store, "s-1", &["A", "A", "A", "A"]).await;
+    let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 2);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.extend(
+            reader
+                .next_page()
+                .await
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.position),
+        );
+    }
+    // The second page was full: the third is being read ahead, maybe
+    // before these two events exist.
+    append(&store, "s-2", &["A", "A"]).await;
+    for _ in 0..3 {
+        seen.extend(
+            reader
+                .next_page()
+                .await
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.position),
+        );
+    }
+    assert_eq!(numbers(&seen), (1..=6).collect::<Vec<_>>());
+    assert!(reader.next_page().await.unwrap().events.is_empty());
+}
+
+#[tokio::test]
+async fn a_filtered_reader_moves_past_events_it_does_not_want() {
+    let store = Arc::new(InMemoryStore::new());
+    append(&store, "s-1", &["A", "B", "A", "B", "B", "B", "A"]).await;
+    let mut reader = LogReader::new(
+        Arc::clone(&store),
+        Position::START,
+        EventFilter::types(["A"]),
+        2,
+    );
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.extend(
+            reader
+                .next_page()
+                .await
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.position),
+        );
+    }
+    assert_eq!(numbers(&seen), [1, 3, 7]);
+    assert_eq!(reader.position(), Position(7));
+}
+
+#[tokio::test]
+async fn seek_starts_the_next_page_elsewhere() {
+    let store = Arc::new(InMemoryStore::new());
+    append(&store, "s-1", &["A"; 10]).await;
+    let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 3);
+    let first = reader.next_page().await.unwrap();
+    assert_eq!(numbers(&[first.events[0].position, first.next]), [1, 3]);
+    // A page after 3 is being read ahead; the reader drops it.
+    reader.seek(Position(7));
+    let page = reader.next_page().await.unwrap();
+    let positions: Vec<Position> = page.events.iter().map(|e| e.position).collect();
+    assert_eq!(numbers(&positions), [8, 9, 10]);
+    // Seeking back reads those events again.
+    reader.seek(Position(1));
+    let page = reader.next_page().await.unwrap();
+    assert_eq!(page.events[0].position, Position(2));
+}
