@@ -94,6 +94,31 @@ impl<'a> EventColumns<'a> {
         }
     }
 
+    /// Binds the ids and payloads as arrays, then the type, schema version,
+    /// metadata and time that every event shares; `None` when they differ.
+    pub(crate) fn bind_uniform_to<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Option<Query<'q, Postgres, PgArguments>> {
+        fn shared<T: PartialEq>(values: &[T]) -> Option<&T> {
+            let first = values.first()?;
+            values.iter().all(|v| v == first).then_some(first)
+        }
+        let event_type = *shared(&self.event_types)?;
+        let schema_version = shared(&self.schema_versions)?;
+        let metadata = shared(&self.metadata)?.as_str();
+        let recorded_at = shared(&self.recorded_at)?;
+        Some(
+            query
+                .bind(&self.event_ids)
+                .bind(&self.payloads)
+                .bind(event_type)
+                .bind(schema_version)
+                .bind(metadata)
+                .bind(recorded_at),
+        )
+    }
+
     /// Binds the six column arrays, in the order the append statements
     /// number them.
     pub(crate) fn bind_to<'q>(

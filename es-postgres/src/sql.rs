@@ -57,6 +57,7 @@ pub(crate) struct Statements {
     pub(crate) set_search_path: String,
     pub(crate) append: String,
     pub(crate) append_plain: String,
+    pub(crate) append_uniform: String,
     pub(crate) append_one: String,
     pub(crate) read_stream: String,
     pub(crate) replay_stream: String,
@@ -153,6 +154,19 @@ impl Statements {
              FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current,
                   unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
                       WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
+             WHERE $2::int8 < 0 OR current.version = $2::int8
+             ORDER BY e.n
+             RETURNING position, version"
+        );
+        // The same when the events share their type, schema version,
+        // metadata and time (a bulk append of one kind of event): those are
+        // sent once, as scalars; only ids and payloads go as arrays.
+        let append_uniform = format!(
+            "INSERT INTO {s}.events
+                (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+             SELECT $1, current.version + e.n, e.event_id, $5, $6, e.payload::json, $7::json, $8
+             FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current,
+                  unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS e(event_id, payload, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
              ORDER BY e.n
              RETURNING position, version"
@@ -267,6 +281,7 @@ impl Statements {
             set_search_path: format!("SET search_path TO {s}"),
             append,
             append_plain,
+            append_uniform,
             append_one,
             replay_stream: format!(
                 "SELECT position, version, event_type, schema_version, payload

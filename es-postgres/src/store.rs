@@ -356,13 +356,18 @@ impl PgEventStore {
         let one = sqlx::query(&self.shared.sql.append_one)
             .bind(stream_id.as_str())
             .bind(expected);
+        let many = |statement| {
+            sqlx::query(statement)
+                .bind(stream_id.as_str())
+                .bind(expected)
+        };
+        let sql = &self.shared.sql;
         let query = match columns.bind_one_to(one) {
             Some(query) => query,
-            None => columns.bind_to(
-                sqlx::query(&self.shared.sql.append_plain)
-                    .bind(stream_id.as_str())
-                    .bind(expected),
-            ),
+            None => match columns.bind_uniform_to(many(&sql.append_uniform)) {
+                Some(query) => query,
+                None => columns.bind_to(many(&sql.append_plain)),
+            },
         };
         let rows = query
             .fetch_all(&self.shared.pool)
@@ -528,7 +533,10 @@ impl PgEventStore {
             slice.events.clear();
             let mut reader = EventReader::default();
             for row in &rows {
-                let position: Option<i64> = row.try_get(0).map_err(|e| db_error(context())(e))?;
+                // The empty page's one row has no event (a null position).
+                let position: Option<i64> = row
+                    .try_get_unchecked(0)
+                    .map_err(|e| db_error(context())(e))?;
                 if position.is_some() {
                     slice.events.push(reader.read(row)?);
                 }
