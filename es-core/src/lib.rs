@@ -109,7 +109,7 @@ pub use crate::reader::LogReader;
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::saga::{CausingEvent, Reaction};
 pub use crate::store::{
-    CheckpointStore, ContextProvider, EventStore, Inbox, LogSlice, SnapshotStore,
+    CheckpointStore, ContextProvider, EventStore, Inbox, LogSlice, Replay, SnapshotStore,
 };
 pub use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId,

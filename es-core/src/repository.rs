@@ -10,10 +10,11 @@ use tracing::{field, Instrument};
 
 use crate::aggregate::{Aggregate, SnapshotPolicy};
 use crate::error::{DecodeError, Error, Result};
-use crate::event::Event;
-use crate::store::{EventStore, SnapshotStore};
+use crate::event::{Event, EventSchema};
+use crate::store::{EventStore, Replay, SnapshotStore};
 use crate::types::{
-    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, Snapshot, StreamId, Version,
+    AppendOptions, AppendOutcome, Committed, ExpectedVersion, Metadata, ReplayedEvent, Snapshot,
+    StreamId, Version,
 };
 
 /// The error of [`Repository::execute`]: the domain refused the command, or
@@ -228,7 +229,7 @@ where
                     version,
                     state,
                 },
-                None => self.load_start(&stream_id).await?,
+                None => return self.load_fresh(&stream_id).await,
             };
             self.replay_tail(start).await
         }
@@ -236,79 +237,33 @@ where
         .await
     }
 
-    /// Where a load starts: the latest usable snapshot, or the initial state.
-    async fn load_start(&self, stream_id: &StreamId) -> Result<Loaded<A>> {
+    /// A load without a cached state: from the latest usable snapshot where
+    /// the aggregate takes snapshots (in one round trip where the store can).
+    async fn load_fresh(&self, stream_id: &StreamId) -> Result<Loaded<A>> {
         let initial = Loaded {
             stream_id: stream_id.clone(),
             version: Version::INITIAL,
             state: A::default(),
         };
         if A::snapshot_policy() == SnapshotPolicy::Never {
-            return Ok(initial);
+            return self.replay_tail(initial).await;
         }
-        let snapshot = match self.store.load_snapshot(stream_id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Ok(initial),
-            Err(error) => {
-                tracing::warn!(stream_id = %stream_id, %error, "snapshot unreadable; replaying all events");
-                return Ok(initial);
-            }
-        };
-        if snapshot.state_version != A::STATE_VERSION {
-            tracing::debug!(
-                stream_id = %stream_id,
-                stored = snapshot.state_version,
-                current = A::STATE_VERSION,
-                "snapshot of another state version ignored"
-            );
-            return Ok(initial);
-        }
-        match A::deserialize(&snapshot.state) {
-            Ok(state) => Ok(Loaded {
-                stream_id: stream_id.clone(),
-                version: snapshot.version,
-                state,
-            }),
-            Err(error) => {
-                tracing::warn!(stream_id = %stream_id, version = %snapshot.version, %error,
-                    "snapshot does not deserialize; replaying all events");
-                Ok(initial)
-            }
-        }
+        let mut replayer = Replayer::new(initial);
+        self.store
+            .replay_from_snapshot(stream_id, &mut replayer)
+            .await?;
+        Ok(replayer.done())
     }
 
     /// Applies the events after `loaded.version`.
-    async fn replay_tail(&self, mut loaded: Loaded<A>) -> Result<Loaded<A>> {
-        let schema = A::Event::schema();
-        let mut applied = 0usize;
-        let Loaded {
-            stream_id,
-            version,
-            state,
-        } = &mut loaded;
-        let from = version.next();
+    async fn replay_tail(&self, loaded: Loaded<A>) -> Result<Loaded<A>> {
+        let stream_id = loaded.stream_id.clone();
+        let from = loaded.version.next();
+        let mut replayer = Replayer::new(loaded);
         self.store
-            .replay_stream(stream_id, from, &mut |raw| {
-                let event = schema
-                    .decode_payload::<A::Event>(raw.event_type, raw.schema_version, raw.payload)
-                    .map_err(|kind| DecodeError {
-                        stream_id: stream_id.clone(),
-                        version: raw.version,
-                        position: raw.position,
-                        event_type: raw.event_type.to_owned(),
-                        schema_version: raw.schema_version,
-                        kind,
-                    })?;
-                state.evolve(&event);
-                *version = raw.version;
-                applied += 1;
-                Ok(())
-            })
+            .replay_stream(&stream_id, from, &mut |raw| replayer.event(raw))
             .await?;
-        let span = tracing::Span::current();
-        span.record("version", loaded.version.0);
-        span.record("events", applied);
-        Ok(loaded)
+        Ok(replayer.done())
     }
 
     /// Executes a command on the aggregate with this id.
@@ -373,8 +328,7 @@ where
             let (before, mut state) = match self.cache.as_ref().and_then(|c| c.get(&stream_id)) {
                 Some(cached) => cached,
                 None => {
-                    let start = self.load_start(&stream_id).await?;
-                    let loaded = self.replay_tail(start).await?;
+                    let loaded = self.load_fresh(&stream_id).await?;
                     (loaded.version, loaded.state)
                 }
             };
@@ -669,5 +623,91 @@ mod tests {
         put(&cache, "a", 5);
         cache.put(&"a".into(), Version(3), 3);
         assert_eq!(cache.get(&"a".into()), Some((Version(5), 0)));
+    }
+}
+
+/// Builds an aggregate's state during a load: from a snapshot, if usable,
+/// then event by event.
+struct Replayer<A: Aggregate> {
+    loaded: Loaded<A>,
+    applied: usize,
+    schema: &'static EventSchema,
+}
+
+impl<A: Aggregate> Replayer<A> {
+    fn new(loaded: Loaded<A>) -> Self {
+        Self {
+            loaded,
+            applied: 0,
+            schema: A::Event::schema(),
+        }
+    }
+
+    /// The loaded state; records what the load did on the current span.
+    fn done(self) -> Loaded<A> {
+        let span = tracing::Span::current();
+        span.record("version", self.loaded.version.0);
+        span.record("events", self.applied);
+        self.loaded
+    }
+}
+
+impl<A: Aggregate> Replay for Replayer<A> {
+    /// Builds on the snapshot when it holds this code's state shape and
+    /// deserializes; otherwise the load replays every event.
+    fn start(&mut self, snapshot: Result<Option<Snapshot>>) -> Version {
+        let stream_id = &self.loaded.stream_id;
+        let snapshot = match snapshot {
+            Ok(Some(s)) => s,
+            Ok(None) => return Version(1),
+            Err(error) => {
+                tracing::warn!(stream_id = %stream_id, %error, "snapshot unreadable; replaying all events");
+                return Version(1);
+            }
+        };
+        if snapshot.state_version != A::STATE_VERSION {
+            tracing::debug!(
+                stream_id = %stream_id,
+                stored = snapshot.state_version,
+                current = A::STATE_VERSION,
+                "snapshot of another state version ignored"
+            );
+            return Version(1);
+        }
+        match A::deserialize(&snapshot.state) {
+            Ok(state) => {
+                self.loaded.version = snapshot.version;
+                self.loaded.state = state;
+                snapshot.version.next()
+            }
+            Err(error) => {
+                tracing::warn!(stream_id = %stream_id, version = %snapshot.version, %error,
+                    "snapshot does not deserialize; replaying all events");
+                Version(1)
+            }
+        }
+    }
+
+    fn event(&mut self, raw: ReplayedEvent<'_>) -> Result<()> {
+        let Loaded {
+            stream_id,
+            version,
+            state,
+        } = &mut self.loaded;
+        let event = self
+            .schema
+            .decode_payload::<A::Event>(raw.event_type, raw.schema_version, raw.payload)
+            .map_err(|kind| DecodeError {
+                stream_id: stream_id.clone(),
+                version: raw.version,
+                position: raw.position,
+                event_type: raw.event_type.to_owned(),
+                schema_version: raw.schema_version,
+                kind,
+            })?;
+        state.evolve(&event);
+        *version = raw.version;
+        self.applied += 1;
+        Ok(())
     }
 }

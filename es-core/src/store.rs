@@ -128,14 +128,45 @@ pub trait EventStore: Send + Sync {
     async fn find_idempotency_key(&self, key: &str) -> Result<Option<Committed>>;
 }
 
-/// Saved aggregate states.
+/// Saved aggregate states, kept beside the events of their streams.
 #[async_trait]
-pub trait SnapshotStore: Send + Sync {
+pub trait SnapshotStore: EventStore {
     /// Saves a snapshot, replacing any older one of the stream.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()>;
 
     /// The latest snapshot of a stream.
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>>;
+
+    /// Loads a stream for a replay: hands its latest snapshot (or the error
+    /// that kept it from loading) to [`Replay::start`], then the events from
+    /// the version that `start` chose to [`Replay::event`], in order,
+    /// stopping at the first error. The repository's load of an aggregate
+    /// that takes snapshots.
+    ///
+    /// The default loads the snapshot, then calls
+    /// [`EventStore::replay_stream`]; a store overrides it to read both in
+    /// one round trip.
+    async fn replay_from_snapshot(
+        &self,
+        stream_id: &StreamId,
+        replay: &mut dyn Replay,
+    ) -> Result<()> {
+        let from = replay.start(self.load_snapshot(stream_id).await);
+        self.replay_stream(stream_id, from, &mut |event| replay.event(event))
+            .await
+    }
+}
+
+/// The receiving end of [`SnapshotStore::replay_from_snapshot`].
+pub trait Replay: Send {
+    /// Takes the stream's latest snapshot and says from which version to
+    /// replay: the one after the snapshot's to build on it, or
+    /// [`Version(1)`](Version) to ignore it (a snapshot of an older state
+    /// shape, or one that failed to load).
+    fn start(&mut self, snapshot: Result<Option<Snapshot>>) -> Version;
+
+    /// Takes the next event of the replay.
+    fn event(&mut self, event: ReplayedEvent<'_>) -> Result<()>;
 }
 
 /// Projection checkpoints and parked events.

@@ -241,6 +241,14 @@ impl SnapshotStore for TestStore {
     async fn load_snapshot(&self, stream_id: &StreamId) -> es_core::Result<Option<Snapshot>> {
         self.inner.load_snapshot(stream_id).await
     }
+
+    async fn replay_from_snapshot(
+        &self,
+        stream_id: &StreamId,
+        replay: &mut dyn es_core::Replay,
+    ) -> es_core::Result<()> {
+        self.inner.replay_from_snapshot(stream_id, replay).await
+    }
 }
 
 // ---------------------------------------------------------------------------

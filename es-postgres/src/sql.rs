@@ -76,6 +76,7 @@ pub(crate) struct Statements {
     pub(crate) notify: String,
     pub(crate) save_snapshot: String,
     pub(crate) load_snapshot: String,
+    pub(crate) replay_from_snapshot: String,
     pub(crate) load_checkpoint: String,
     pub(crate) save_checkpoint: String,
     pub(crate) park: String,
@@ -286,6 +287,20 @@ impl Statements {
             replay_stream: format!(
                 "SELECT position, version, event_type, schema_version, payload
                  FROM {s}.events WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+            ),
+            // The snapshot's row first (no position), then the events after
+            // it in order: the branches of a `UNION ALL` come in order, and
+            // the reader checks that the snapshot row comes first.
+            replay_from_snapshot: format!(
+                "SELECT NULL::bigint AS position, version, NULL::text AS event_type,
+                        state_version AS schema_version, state AS payload, taken_at
+                 FROM {s}.snapshots WHERE stream_id = $1
+                 UNION ALL
+                 (SELECT position, version, event_type, schema_version, payload, NULL::timestamptz
+                  FROM {s}.events
+                  WHERE stream_id = $1
+                    AND version > COALESCE((SELECT version FROM {s}.snapshots WHERE stream_id = $1), 0)
+                  ORDER BY version)"
             ),
             read_stream: format!(
                 "SELECT {cols} FROM {s}.events WHERE stream_id = $1 AND version >= $2

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use es_core::{
     AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, Error, EventFilter,
     EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Payload, Position, RecordedEvent,
-    ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
+    Replay, ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
 };
 use serde_json::Value;
 use sqlx::migrate::Migrator;
@@ -602,14 +602,55 @@ fn append_row(row: &PgRow) -> Result<AppendRow> {
 }
 
 /// The columns of the replay statement (their types are the migration's).
-fn replayed_columns(row: &PgRow) -> std::result::Result<(i64, i64, &str, i32, &str), sqlx::Error> {
-    Ok((
-        row.try_get_unchecked(0)?,
-        row.try_get_unchecked(1)?,
-        row.try_get_unchecked(2)?,
-        row.try_get_unchecked(3)?,
-        row.try_get_unchecked(4)?,
-    ))
+/// Hands `visit` the replayed event of a row whose first columns are
+/// position, version, event type, schema version and payload.
+fn visit_replayed(
+    row: &PgRow,
+    context: &dyn Fn() -> String,
+    visit: &mut (dyn for<'e> FnMut(ReplayedEvent<'e>) -> Result<()> + Send),
+) -> Result<()> {
+    let columns = || -> std::result::Result<(i64, i64, &str, i32, &str), sqlx::Error> {
+        Ok((
+            row.try_get_unchecked(0)?,
+            row.try_get_unchecked(1)?,
+            row.try_get_unchecked(2)?,
+            row.try_get_unchecked(3)?,
+            row.try_get_unchecked(4)?,
+        ))
+    };
+    let (position, version, event_type, schema_version, payload) =
+        columns().map_err(db_error(context()))?;
+    // The column's type is `json`: the server checked it.
+    let payload = Payload::from_trusted_json(payload);
+    visit(ReplayedEvent {
+        position: Position(to_u64(position, "position")?),
+        version: Version(to_u64(version, "version")?),
+        event_type,
+        schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
+            message: format!("stored schema version {schema_version} is negative"),
+            source: None,
+        })?,
+        payload: &payload,
+    })
+}
+
+/// The snapshot of the `replay_from_snapshot` statement's first row.
+fn snapshot_from_row(stream_id: &StreamId, row: &PgRow) -> Result<Snapshot> {
+    let context = || format!("cannot read the snapshot of `{stream_id}`");
+    let version: i64 = row.try_get("version").map_err(db_error(context()))?;
+    let state_version: i32 = row.try_get("schema_version").map_err(db_error(context()))?;
+    // A `json` value comes as its text.
+    let state: &str = row
+        .try_get_unchecked("payload")
+        .map_err(db_error(context()))?;
+    let taken_at: DateTime<Utc> = row.try_get("taken_at").map_err(db_error(context()))?;
+    Ok(Snapshot {
+        stream_id: stream_id.clone(),
+        version: Version(to_u64(version, "version")?),
+        state_version: u32::try_from(state_version).unwrap_or(0),
+        state: serde_json::from_str(state).map_err(|e| Error::store(context(), e))?,
+        taken_at,
+    })
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -778,20 +819,7 @@ impl EventStore for PgEventStore {
             .fetch(&self.shared.pool);
         while let Some(row) = rows.next().await {
             let row = row.map_err(db_error(context()))?;
-            let (position, version, event_type, schema_version, payload) =
-                replayed_columns(&row).map_err(db_error(context()))?;
-            // The column's type is `json`: the server checked it.
-            let payload = Payload::from_trusted_json(payload);
-            visit(ReplayedEvent {
-                position: Position(to_u64(position, "position")?),
-                version: Version(to_u64(version, "version")?),
-                event_type,
-                schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
-                    message: format!("stored schema version {schema_version} is negative"),
-                    source: None,
-                })?,
-                payload: &payload,
-            })?;
+            visit_replayed(&row, &context, visit)?;
         }
         Ok(())
     }
@@ -915,6 +943,57 @@ impl SnapshotStore for PgEventStore {
                 "cannot save the snapshot of `{stream_id}` at version {}",
                 snapshot.version
             )))?;
+        Ok(())
+    }
+
+    /// One statement: the snapshot's row, then the events after it. Only
+    /// when the repository does not build on the snapshot are the events
+    /// read again, from the version it asks for.
+    async fn replay_from_snapshot(
+        &self,
+        stream_id: &StreamId,
+        replay: &mut dyn Replay,
+    ) -> Result<()> {
+        let context = || format!("cannot load stream `{stream_id}` from its snapshot");
+        let mut rows = sqlx::query(&self.shared.sql.replay_from_snapshot)
+            .bind(stream_id.as_str())
+            .fetch(&self.shared.pool);
+        let mut started = false;
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(db_error(context()))?;
+            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error(context()))?;
+            let is_snapshot = position.is_none();
+            if is_snapshot && started {
+                return Err(Error::Store {
+                    message: format!("{}: the snapshot came after events", context()),
+                    source: None,
+                });
+            }
+            if !started {
+                started = true;
+                // The statement's events are those after the snapshot's version.
+                let (from, after) = if is_snapshot {
+                    let version: i64 = row.try_get_unchecked(1).map_err(db_error(context()))?;
+                    let snapshot = snapshot_from_row(stream_id, &row).map(Some);
+                    (replay.start(snapshot), Version(to_u64(version, "version")?))
+                } else {
+                    (replay.start(Ok(None)), Version::INITIAL)
+                };
+                if from != after.next() {
+                    drop(rows);
+                    return self
+                        .replay_stream(stream_id, from, &mut |event| replay.event(event))
+                        .await;
+                }
+                if is_snapshot {
+                    continue;
+                }
+            }
+            visit_replayed(&row, &context, &mut |event| replay.event(event))?;
+        }
+        if !started {
+            replay.start(Ok(None));
+        }
         Ok(())
     }
 

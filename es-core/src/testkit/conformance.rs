@@ -12,10 +12,11 @@ use serde_json::{json, Value};
 
 use crate::error::{DecodeErrorKind, Error};
 use crate::event::{Event, EventSchema};
-use crate::store::{CheckpointStore, EventStore, SnapshotStore};
+use crate::store::{CheckpointStore, EventStore, Replay, SnapshotStore};
 use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, EventFilter, EventId, ExpectedVersion,
-    Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, Snapshot, StreamId, Version,
+    Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, ReplayedEvent, Snapshot, StreamId,
+    Version,
 };
 use crate::Payload;
 
@@ -561,6 +562,95 @@ pub async fn snapshots<S: ConformanceStore>(store: S) {
     assert_eq!(other.state, json!({"balance": "ü"}));
 }
 
+/// What a [`Replay`] of the suite was given: the snapshot's version handed
+/// to `start` (`None` for no snapshot, `Some(None)` when `start` was not
+/// called) and the versions of the events, with the choice it made.
+struct Recorder {
+    use_snapshot: bool,
+    started: Option<Option<Version>>,
+    versions: Vec<u64>,
+}
+
+impl Recorder {
+    fn new(use_snapshot: bool) -> Self {
+        Self {
+            use_snapshot,
+            started: None,
+            versions: Vec::new(),
+        }
+    }
+}
+
+impl Replay for Recorder {
+    fn start(&mut self, snapshot: crate::Result<Option<Snapshot>>) -> Version {
+        assert!(self.started.is_none(), "start is called once, first");
+        assert!(self.versions.is_empty(), "start comes before the events");
+        let snapshot = snapshot.expect("the snapshot loads");
+        self.started = Some(snapshot.as_ref().map(|s| s.version));
+        match snapshot {
+            Some(s) if self.use_snapshot => {
+                assert_eq!(s.state, json!({"at": s.version.0}));
+                s.version.next()
+            }
+            _ => Version(1),
+        }
+    }
+
+    fn event(&mut self, event: ReplayedEvent<'_>) -> crate::Result<()> {
+        assert_eq!(event.payload, &json!({ "n": event.version.0 - 1 }));
+        self.versions.push(event.version.0);
+        Ok(())
+    }
+}
+
+/// A load from a snapshot: the snapshot first, then the events after the
+/// version the replay chose (after the snapshot, or all of them when it
+/// ignores the snapshot); without a snapshot, every event.
+pub async fn replay_from_snapshot<S: ConformanceStore>(store: S) {
+    let stream = StreamId::new("snapshotted-1");
+    let events: Vec<NewEvent> = (0..8).map(|n| numbered("Counted", n)).collect();
+    append(&store, &stream, ExpectedVersion::NoStream, events).await;
+    let replay = async |use_snapshot: bool| {
+        let mut recorder = Recorder::new(use_snapshot);
+        store
+            .replay_from_snapshot(&stream, &mut recorder)
+            .await
+            .expect("replay from snapshot");
+        (recorder.started, recorder.versions)
+    };
+    assert_eq!(
+        replay(true).await,
+        (Some(None), (1..=8).collect()),
+        "no snapshot: every event"
+    );
+    let at = |version: u64| Snapshot {
+        stream_id: stream.clone(),
+        version: Version(version),
+        state_version: 1,
+        state: json!({ "at": version }),
+        taken_at: chrono::Utc::now(),
+    };
+    store.save_snapshot(at(5)).await.unwrap();
+    assert_eq!(
+        replay(true).await,
+        (Some(Some(Version(5))), vec![6, 7, 8]),
+        "the events after the snapshot"
+    );
+    assert_eq!(
+        replay(false).await,
+        (Some(Some(Version(5))), (1..=8).collect()),
+        "a snapshot the replay ignores: every event"
+    );
+    store.save_snapshot(at(8)).await.unwrap();
+    assert_eq!(replay(true).await, (Some(Some(Version(8))), vec![]));
+    let mut empty = Recorder::new(true);
+    store
+        .replay_from_snapshot(&StreamId::new("snapshotted-none"), &mut empty)
+        .await
+        .unwrap();
+    assert_eq!((empty.started, empty.versions), (Some(None), vec![]));
+}
+
 /// Checkpoints and parked events.
 pub async fn checkpoints_and_parking<S: ConformanceStore>(store: S) {
     assert_eq!(store.load_checkpoint("summary").await.unwrap(), None);
@@ -973,6 +1063,7 @@ macro_rules! store_conformance_tests {
             wait_for_new_events,
             idempotency_keys,
             snapshots,
+            replay_from_snapshot,
             checkpoints_and_parking,
             large_batches,
             visit_stream_in_order,

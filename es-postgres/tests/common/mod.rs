@@ -276,6 +276,14 @@ impl SnapshotStore for TestStore {
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
         self.store.load_snapshot(stream_id).await
     }
+
+    async fn replay_from_snapshot(
+        &self,
+        stream_id: &StreamId,
+        replay: &mut dyn es_core::Replay,
+    ) -> es_core::Result<()> {
+        self.store.replay_from_snapshot(stream_id, replay).await
+    }
 }
 
 #[async_trait]
