@@ -557,75 +557,6 @@ impl<A: Clone> StateCache<A> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(cache: &StateCache<u32>, id: &str, v: u64) {
-        cache.put(&id.into(), Version(v), 0);
-    }
-
-    #[test]
-    fn cache_is_bounded_and_evicts_least_recently_used() {
-        let cache = StateCache::new(2);
-        put(&cache, "a", 1);
-        put(&cache, "b", 1);
-        assert!(cache.get(&"a".into()).is_some());
-        put(&cache, "c", 1);
-        assert!(
-            cache.get(&"b".into()).is_none(),
-            "b was least recently used"
-        );
-        assert!(cache.get(&"a".into()).is_some());
-        assert!(cache.get(&"c".into()).is_some());
-        put(&cache, "a", 2);
-        assert_eq!(cache.get(&"a".into()).unwrap().0, Version(2));
-        cache.remove(&"a".into());
-        assert!(cache.get(&"a".into()).is_none());
-        let inner = cache.lock();
-        assert_eq!(inner.entries.len(), inner.by_use.len());
-    }
-
-    #[test]
-    fn cache_evicts_like_a_plain_lru() {
-        let cache = StateCache::new(3);
-        // Least recently used first.
-        let mut model: Vec<String> = Vec::new();
-        let mut seed = 7u64;
-        for step in 0..5_000u64 {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let id = format!("s{}", (seed >> 33) % 6);
-            let hit = if (seed >> 20) % 3 == 0 {
-                put(&cache, &id, step);
-                true
-            } else {
-                let hit = cache.get(&id.as_str().into()).is_some();
-                assert_eq!(hit, model.contains(&id), "step {step}: {id}");
-                hit
-            };
-            if hit {
-                model.retain(|m| *m != id);
-                model.push(id);
-                if model.len() > 3 {
-                    model.remove(0);
-                }
-            }
-        }
-        let inner = cache.lock();
-        assert_eq!(inner.entries.len(), inner.by_use.len());
-    }
-
-    #[test]
-    fn cache_keeps_the_newer_state() {
-        let cache = StateCache::new(2);
-        put(&cache, "a", 5);
-        cache.put(&"a".into(), Version(3), 3);
-        assert_eq!(cache.get(&"a".into()), Some((Version(5), 0)));
-    }
-}
-
 /// Builds an aggregate's state during a load: from a snapshot, if usable,
 /// then event by event.
 struct Replayer<A: Aggregate> {
@@ -709,5 +640,74 @@ impl<A: Aggregate> Replay for Replayer<A> {
         *version = raw.version;
         self.applied += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(cache: &StateCache<u32>, id: &str, v: u64) {
+        cache.put(&id.into(), Version(v), 0);
+    }
+
+    #[test]
+    fn cache_is_bounded_and_evicts_least_recently_used() {
+        let cache = StateCache::new(2);
+        put(&cache, "a", 1);
+        put(&cache, "b", 1);
+        assert!(cache.get(&"a".into()).is_some());
+        put(&cache, "c", 1);
+        assert!(
+            cache.get(&"b".into()).is_none(),
+            "b was least recently used"
+        );
+        assert!(cache.get(&"a".into()).is_some());
+        assert!(cache.get(&"c".into()).is_some());
+        put(&cache, "a", 2);
+        assert_eq!(cache.get(&"a".into()).unwrap().0, Version(2));
+        cache.remove(&"a".into());
+        assert!(cache.get(&"a".into()).is_none());
+        let inner = cache.lock();
+        assert_eq!(inner.entries.len(), inner.by_use.len());
+    }
+
+    #[test]
+    fn cache_evicts_like_a_plain_lru() {
+        let cache = StateCache::new(3);
+        // Least recently used first.
+        let mut model: Vec<String> = Vec::new();
+        let mut seed = 7u64;
+        for step in 0..5_000u64 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let id = format!("s{}", (seed >> 33) % 6);
+            let hit = if (seed >> 20) % 3 == 0 {
+                put(&cache, &id, step);
+                true
+            } else {
+                let hit = cache.get(&id.as_str().into()).is_some();
+                assert_eq!(hit, model.contains(&id), "step {step}: {id}");
+                hit
+            };
+            if hit {
+                model.retain(|m| *m != id);
+                model.push(id);
+                if model.len() > 3 {
+                    model.remove(0);
+                }
+            }
+        }
+        let inner = cache.lock();
+        assert_eq!(inner.entries.len(), inner.by_use.len());
+    }
+
+    #[test]
+    fn cache_keeps_the_newer_state() {
+        let cache = StateCache::new(2);
+        put(&cache, "a", 5);
+        cache.put(&"a".into(), Version(3), 3);
+        assert_eq!(cache.get(&"a".into()), Some((Version(5), 0)));
     }
 }
