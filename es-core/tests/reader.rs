@@ -31,6 +31,16 @@ fn numbers(positions: &[Position]) -> Vec<u64> {
     positions.iter().map(|p| p.0).collect()
 }
 
+/// The positions of the events of the reader's next `pages` pages.
+async fn read_pages(reader: &mut LogReader<InMemoryStore>, pages: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    for _ in 0..pages {
+        let page = reader.next_page().await.unwrap();
+        seen.extend(page.events.iter().map(|e| e.position.0));
+    }
+    seen
+}
+
 #[tokio::test]
 async fn a_reader_reads_the_whole_log_in_order_page_by_page() {
     let store = Arc::new(InMemoryStore::new());
@@ -59,33 +69,12 @@ async fn a_reader_sees_events_appended_after_it_reached_the_end() {
     let store = Arc::new(InMemoryStore::new());
     append(&store, "s-1", &["A", "A", "A", "A"]).await;
     let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 2);
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        seen.extend(
-            reader
-                .next_page()
-                .await
-                .unwrap()
-                .events
-                .iter()
-                .map(|e| e.position),
-        );
-    }
+    let mut seen = read_pages(&mut reader, 2).await;
     // The second page was full: the third is being read ahead, maybe
     // before these two events exist.
     append(&store, "s-2", &["A", "A"]).await;
-    for _ in 0..3 {
-        seen.extend(
-            reader
-                .next_page()
-                .await
-                .unwrap()
-                .events
-                .iter()
-                .map(|e| e.position),
-        );
-    }
-    assert_eq!(numbers(&seen), (1..=6).collect::<Vec<_>>());
+    seen.extend(read_pages(&mut reader, 3).await);
+    assert_eq!(seen, (1..=6).collect::<Vec<_>>());
     assert!(reader.next_page().await.unwrap().events.is_empty());
 }
 
@@ -99,19 +88,7 @@ async fn a_filtered_reader_moves_past_events_it_does_not_want() {
         EventFilter::types(["A"]),
         2,
     );
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        seen.extend(
-            reader
-                .next_page()
-                .await
-                .unwrap()
-                .events
-                .iter()
-                .map(|e| e.position),
-        );
-    }
-    assert_eq!(numbers(&seen), [1, 3, 7]);
+    assert_eq!(read_pages(&mut reader, 4).await, [1, 3, 7]);
     assert_eq!(reader.position(), Position(7));
 }
 
@@ -124,9 +101,7 @@ async fn seek_starts_the_next_page_elsewhere() {
     assert_eq!(numbers(&[first.events[0].position, first.next]), [1, 3]);
     // A page after 3 is being read ahead; the reader drops it.
     reader.seek(Position(7));
-    let page = reader.next_page().await.unwrap();
-    let positions: Vec<Position> = page.events.iter().map(|e| e.position).collect();
-    assert_eq!(numbers(&positions), [8, 9, 10]);
+    assert_eq!(read_pages(&mut reader, 1).await, [8, 9, 10]);
     // Seeking back reads those events again.
     reader.seek(Position(1));
     let page = reader.next_page().await.unwrap();
