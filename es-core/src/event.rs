@@ -124,6 +124,14 @@ pub trait Event: Sized + Send + Sync + 'static {
     /// current name of the type (aliases are already resolved).
     fn from_payload(event_type: &str, payload: &Payload) -> serde_json::Result<Self>;
 
+    /// Decodes a payload of the current schema version from JSON text that
+    /// a store lends (a replay reads it in place, without a copy). The
+    /// default copies the text into a [`Payload`] for
+    /// [`from_payload`](Event::from_payload); the derive reads it directly.
+    fn from_json(event_type: &str, json: &str) -> serde_json::Result<Self> {
+        Self::from_payload(event_type, &Payload::from_trusted_json(json))
+    }
+
     /// The family's schema: types, versions, aliases and upcasters.
     fn schema() -> &'static EventSchema;
 
@@ -357,15 +365,13 @@ impl EventSchema {
         }
     }
 
-    /// Brings a stored payload to the current schema version of its type.
-    /// Returns the type's current name and the upcast payload (borrowed when
-    /// no hop was needed).
-    pub fn upcast<'a>(
-        &'a self,
+    /// The stored type's entry, if a payload of `schema_version` can be
+    /// brought to its current version.
+    fn entry(
+        &self,
         stored_type: &str,
         schema_version: u32,
-        payload: &'a Payload,
-    ) -> std::result::Result<(&'a str, std::borrow::Cow<'a, Payload>), DecodeErrorKind> {
+    ) -> std::result::Result<(usize, &EventTypeInfo), DecodeErrorKind> {
         if !self.problems.is_empty() {
             return Err(DecodeErrorKind::InvalidSchema(self.problems.join("; ")));
         }
@@ -380,6 +386,19 @@ impl EventSchema {
                 current: info.version,
             });
         }
+        Ok((i, info))
+    }
+
+    /// Brings a stored payload to the current schema version of its type.
+    /// Returns the type's current name and the upcast payload (borrowed when
+    /// no hop was needed).
+    pub fn upcast<'a>(
+        &'a self,
+        stored_type: &str,
+        schema_version: u32,
+        payload: &'a Payload,
+    ) -> std::result::Result<(&'a str, std::borrow::Cow<'a, Payload>), DecodeErrorKind> {
+        let (i, info) = self.entry(stored_type, schema_version)?;
         if schema_version == info.version {
             return Ok((&info.name, std::borrow::Cow::Borrowed(payload)));
         }
@@ -406,6 +425,43 @@ impl EventSchema {
     ) -> std::result::Result<E, DecodeErrorKind> {
         let (name, payload) = self.upcast(stored_type, schema_version, payload)?;
         E::from_payload(name, &payload).map_err(DecodeErrorKind::Payload)
+    }
+
+    /// Decodes a stored payload lent as JSON text (what a replay reads):
+    /// in place when it is of the current schema version, through the
+    /// upcasters otherwise. The errors are those of
+    /// [`decode_payload`](Self::decode_payload).
+    ///
+    /// ```
+    /// use es_core::Event;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Event, Serialize, Deserialize, Debug, PartialEq)]
+    /// enum CounterEvent {
+    ///     Added { amount: u64 },
+    /// }
+    ///
+    /// let schema = CounterEvent::schema();
+    /// let event: CounterEvent = schema.decode_json("Added", 1, r#"{"amount":3}"#)?;
+    /// assert_eq!(event, CounterEvent::Added { amount: 3 });
+    /// assert!(schema.decode_json::<CounterEvent>("Removed", 1, "{}").is_err());
+    /// # Ok::<(), es_core::DecodeErrorKind>(())
+    /// ```
+    pub fn decode_json<E: Event>(
+        &self,
+        stored_type: &str,
+        schema_version: u32,
+        json: &str,
+    ) -> std::result::Result<E, DecodeErrorKind> {
+        let (_, info) = self.entry(stored_type, schema_version)?;
+        if schema_version == info.version {
+            return E::from_json(&info.name, json).map_err(DecodeErrorKind::Payload);
+        }
+        self.decode_payload(
+            stored_type,
+            schema_version,
+            &Payload::from_trusted_json(json),
+        )
     }
 
     /// Decodes only the event of a stored event, with the same errors as

@@ -627,7 +627,7 @@ impl<A: Aggregate> Replay for Replayer<A> {
         } = &mut self.loaded;
         let event = self
             .schema
-            .decode_payload::<A::Event>(raw.event_type, raw.schema_version, raw.payload)
+            .decode_json::<A::Event>(raw.event_type, raw.schema_version, raw.payload)
             .map_err(|kind| DecodeError {
                 stream_id: stream_id.clone(),
                 version: raw.version,

@@ -349,8 +349,8 @@ pub struct ReplayedEvent<'a> {
     pub event_type: &'a str,
     /// The version of the stored payload's shape.
     pub schema_version: u32,
-    /// The stored JSON payload.
-    pub payload: &'a Payload,
+    /// The stored JSON payload's text.
+    pub payload: &'a str,
 }
 
 impl<'a> ReplayedEvent<'a> {
@@ -361,7 +361,7 @@ impl<'a> ReplayedEvent<'a> {
             version: event.version,
             event_type: &event.event_type,
             schema_version: event.schema_version,
-            payload: &event.payload,
+            payload: event.payload.as_str(),
         }
     }
 }

@@ -385,13 +385,13 @@ fn expand(input: &Input<'_>) -> TokenStream {
     let json = quote!(#private::serde_json);
     let names: Vec<&LitStr> = types.iter().map(|t| &t.name).collect();
     let patterns: Vec<&TokenStream> = types.iter().map(|t| &t.pattern).collect();
-    let (to_payload, from_payload) = if *is_enum {
+    let (to_payload, from_json) = if *is_enum {
         let variants: Vec<String> = types.iter().map(|t| t.ident.to_string()).collect();
         (
             quote!(#private::variant_payload(self)),
             quote! {
                 match event_type {
-                    #( #names => #private::from_variant(#variants, payload), )*
+                    #( #names => #private::from_variant(#variants, json), )*
                     other => ::core::result::Result::Err(<#json::Error as #private::serde::de::Error>::unknown_variant(other, &[#(#names),*])),
                 }
             },
@@ -401,7 +401,7 @@ fn expand(input: &Input<'_>) -> TokenStream {
             quote!(#krate::Payload::encode(self)),
             quote! {
                 let _ = event_type;
-                #krate::Payload::decode::<Self>(payload)
+                #json::from_str::<Self>(json)
             },
         )
     };
@@ -421,7 +421,11 @@ fn expand(input: &Input<'_>) -> TokenStream {
                 }
 
                 fn from_payload(event_type: &str, payload: &#krate::Payload) -> #json::Result<Self> {
-                    #from_payload
+                    Self::from_json(event_type, payload.as_str())
+                }
+
+                fn from_json(event_type: &str, json: &str) -> #json::Result<Self> {
+                    #from_json
                 }
 
                 fn schema() -> &'static #krate::EventSchema {

@@ -145,9 +145,17 @@ impl Statements {
             FROM current c CROSS JOIN written w LEFT JOIN prior p ON true"
         );
         // The common append (no idempotency key, no inline projection): the
-        // insert alone, one row per event written, none when the expected
-        // version does not match.
-        let append_plain = format!(
+        // insert alone. It answers one row: the first version written and
+        // the positions in version order, both null when the expected
+        // version did not match (nothing was written).
+        let written = |insert: String| {
+            format!(
+                "WITH written AS ({insert} RETURNING position, version)
+                 SELECT min(version) AS first_version, array_agg(position ORDER BY version) AS positions
+                 FROM written"
+            )
+        };
+        let append_plain = written(format!(
             "INSERT INTO {s}.events
                 (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
              SELECT $1, current.version + e.n, e.event_id, e.event_type, e.schema_version,
@@ -156,31 +164,28 @@ impl Statements {
                   unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
                       WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
-             ORDER BY e.n
-             RETURNING position, version"
-        );
+             ORDER BY e.n"
+        ));
         // The same when the events share their type, schema version,
         // metadata and time (a bulk append of one kind of event): those are
         // sent once, as scalars; only ids and payloads go as arrays.
-        let append_uniform = format!(
+        let append_uniform = written(format!(
             "INSERT INTO {s}.events
                 (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
              SELECT $1, current.version + e.n, e.event_id, $5, $6, e.payload::json, $7::json, $8
              FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current,
                   unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS e(event_id, payload, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
-             ORDER BY e.n
-             RETURNING position, version"
-        );
+             ORDER BY e.n"
+        ));
         // The same for one event, with scalar parameters instead of arrays.
-        let append_one = format!(
+        let append_one = written(format!(
             "INSERT INTO {s}.events
                 (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
              SELECT $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
              FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current
-             WHERE $2::int8 < 0 OR current.version = $2::int8
-             RETURNING position, version"
-        );
+             WHERE $2::int8 < 0 OR current.version = $2::int8"
+        ));
         // Every read of the log returns the page's events and two columns,
         // read in the same statement (so with the same snapshot): `tail`, the
         // last event below the bound, so that the cursor moves past events a

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use es_core::{
     AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, Error, EventFilter,
-    EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Payload, Position, RecordedEvent,
-    Replay, ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
+    EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Replay,
+    ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
 };
 use serde_json::Value;
 use sqlx::migrate::Migrator;
@@ -346,43 +346,36 @@ impl PgEventStore {
     }
 
     /// An append without idempotency key or inline projection: the insert
-    /// alone. No row back means the expected version did not match.
+    /// alone. Nothing written means the expected version did not match.
     async fn append_plain(
         &self,
         stream_id: &StreamId,
         expected: i64,
         columns: &EventColumns<'_>,
     ) -> std::result::Result<AppendRow, AppendFailure> {
-        let one = sqlx::query(&self.shared.sql.append_one)
-            .bind(stream_id.as_str())
-            .bind(expected);
-        let many = |statement| {
+        let sql = &self.shared.sql;
+        let statement = |statement| {
             sqlx::query(statement)
                 .bind(stream_id.as_str())
                 .bind(expected)
         };
-        let sql = &self.shared.sql;
-        let query = match columns.bind_one_to(one) {
+        let query = match columns.bind_one_to(statement(&sql.append_one)) {
             Some(query) => query,
-            None => match columns.bind_uniform_to(many(&sql.append_uniform)) {
+            None => match columns.bind_uniform_to(statement(&sql.append_uniform)) {
                 Some(query) => query,
-                None => columns.bind_to(many(&sql.append_plain)),
+                None => columns.bind_to(statement(&sql.append_plain)),
             },
         };
-        let rows = query
-            .fetch_all(&self.shared.pool)
+        let row = query
+            .fetch_one(&self.shared.pool)
             .await
             .map_err(AppendFailure::Db)?;
-        let err = |source| Error::store("cannot read the append's result", source);
-        let mut written = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let position: i64 = row.try_get(0).map_err(err).map_err(AppendFailure::Other)?;
-            let version: i64 = row.try_get(1).map_err(err).map_err(AppendFailure::Other)?;
-            written.push((version, position));
-        }
-        written.sort_unstable();
-        let current = match written.first() {
-            Some(&(first, _)) => to_u64(first - 1, "version").map_err(AppendFailure::Other)?,
+        let err =
+            |source| AppendFailure::Other(Error::store("cannot read the append's result", source));
+        let first: Option<i64> = row.try_get(0).map_err(err)?;
+        let positions: Option<Vec<i64>> = row.try_get(1).map_err(err)?;
+        let current = match first {
+            Some(first) => to_u64(first - 1, "version").map_err(AppendFailure::Other)?,
             None => {
                 self.stream_version(stream_id)
                     .await
@@ -392,7 +385,7 @@ impl PgEventStore {
         };
         Ok(AppendRow {
             current,
-            positions: written.into_iter().map(|(_, position)| position).collect(),
+            positions: positions.unwrap_or_default(),
             prior: None,
         })
     }
@@ -618,10 +611,10 @@ fn visit_replayed(
             row.try_get_unchecked(4)?,
         ))
     };
+    // The payload's text is lent as it is in the row: the column's type is
+    // `json`, so the server checked it.
     let (position, version, event_type, schema_version, payload) =
         columns().map_err(db_error(context()))?;
-    // The column's type is `json`: the server checked it.
-    let payload = Payload::from_trusted_json(payload);
     visit(ReplayedEvent {
         position: Position(to_u64(position, "position")?),
         version: Version(to_u64(version, "version")?),
@@ -630,7 +623,7 @@ fn visit_replayed(
             message: format!("stored schema version {schema_version} is negative"),
             source: None,
         })?,
-        payload: &payload,
+        payload,
     })
 }
 
