@@ -79,6 +79,13 @@
 //! An idempotency key is stored under a unique index with what its first
 //! append wrote; a repeated key appends nothing and reports that.
 //!
+//! # Loads
+//!
+//! A repository's load is one statement too: the stream's snapshot (when the
+//! aggregate takes snapshots) and the events after it come in one result,
+//! and each event's payload is decoded from the row as it arrives, without
+//! collecting the stream or copying the payload first.
+//!
 //! # The global log never skips an event
 //!
 //! Positions come from a sequence, and concurrent transactions commit out of
@@ -169,6 +176,12 @@
 //!
 //! Payloads and metadata are stored as `json` (kept as written; cast to
 //! `jsonb` in queries that need operators).
+//!
+//! # Shutting down
+//!
+//! [`PgEventStore::close`] announces the process's last appends to the other
+//! processes' waiting readers, ends the store's background tasks and closes
+//! its pool.
 
 mod inbox;
 mod inline;
