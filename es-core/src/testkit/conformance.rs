@@ -590,6 +590,12 @@ impl Replay for Recorder {
         match snapshot {
             Some(s) if self.use_snapshot => {
                 assert_eq!(s.state, json!({"at": s.version.0}));
+                let age = chrono::Utc::now() - s.taken_at;
+                assert!(
+                    age.num_seconds().abs() < 60,
+                    "the snapshot's time comes back: {}",
+                    s.taken_at
+                );
                 s.version.next()
             }
             _ => Version(1),
