@@ -145,8 +145,8 @@ impl Statements {
             FROM current c CROSS JOIN written w LEFT JOIN prior p ON true"
         );
         // The common append (no idempotency key, no inline projection): the
-        // insert alone. It answers one row: the first version written and
-        // the positions in version order, both null when the expected
+        // insert alone. It answers the first version written and the
+        // positions in version order, null (or no row) when the expected
         // version did not match (nothing was written).
         let written = |insert: String| {
             format!(
@@ -178,14 +178,17 @@ impl Statements {
              WHERE $2::int8 < 0 OR current.version = $2::int8
              ORDER BY e.n"
         ));
-        // The same for one event, with scalar parameters instead of arrays.
-        let append_one = written(format!(
+        // The same for one event, with scalar parameters instead of arrays
+        // and the row of the one event written (none when nothing was):
+        // cheaper, for one event, than collecting what was written.
+        let append_one = format!(
             "INSERT INTO {s}.events
                 (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
              SELECT $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
              FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current
-             WHERE $2::int8 < 0 OR current.version = $2::int8"
-        ));
+             WHERE $2::int8 < 0 OR current.version = $2::int8
+             RETURNING version AS first_version, ARRAY[position] AS positions"
+        );
         // Every read of the log returns the page's events and two columns,
         // read in the same statement (so with the same snapshot): `tail`, the
         // last event below the bound, so that the cursor moves past events a

@@ -367,13 +367,15 @@ impl PgEventStore {
             },
         };
         let row = query
-            .fetch_one(&self.shared.pool)
+            .fetch_optional(&self.shared.pool)
             .await
             .map_err(AppendFailure::Db)?;
         let err =
             |source| AppendFailure::Other(Error::store("cannot read the append's result", source));
-        let first: Option<i64> = row.try_get(0).map_err(err)?;
-        let positions: Option<Vec<i64>> = row.try_get(1).map_err(err)?;
+        let (first, positions): (Option<i64>, Option<Vec<i64>>) = match row {
+            Some(row) => (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?),
+            None => (None, None),
+        };
         let current = match first {
             Some(first) => to_u64(first - 1, "version").map_err(AppendFailure::Other)?,
             None => {
