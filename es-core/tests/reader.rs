@@ -1,5 +1,7 @@
 //! The log reader: pages in order, the page read ahead, events appended
-//! after the reader reached the end, filters and seeks.
+//! after the reader reached the end, filters and seeks. (A failing read
+//! ahead is tested with the repository's fault-injecting store, in
+//! `repository.rs`.)
 
 use std::sync::Arc;
 

@@ -19,8 +19,8 @@ use common::{
 use es_core::{
     Aggregate, AppendOptions, AppendOutcome, Committed, DecodeError, DecodeErrorKind, Error, Event,
     EventFilter, EventId, EventSchema, EventStore, ExecuteError, ExecuteOptions, ExpectedVersion,
-    InMemoryStore, Loaded, LogSlice, Metadata, NewEvent, Payload, Position, RecordedEvent,
-    Repository, Snapshot, SnapshotStore, StreamId, Version,
+    InMemoryStore, Loaded, LogReader, LogSlice, Metadata, NewEvent, Payload, Position,
+    RecordedEvent, Repository, Snapshot, SnapshotStore, StreamId, Version,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -112,6 +112,9 @@ struct Knobs {
     /// When set, the next append call, once written, reports on the first
     /// channel and waits for the second before it returns.
     hold_next_append: Mutex<Option<Hold>>,
+    /// When set, the next read of the log after this position fails, as a
+    /// dropped connection would.
+    fail_read_all_after: Mutex<Option<Position>>,
     snapshot_attempts: AtomicUsize,
     append_calls: AtomicUsize,
     conflicts: AtomicUsize,
@@ -209,6 +212,16 @@ impl EventStore for TestStore {
         filter: &EventFilter,
         limit: usize,
     ) -> es_core::Result<LogSlice> {
+        let fail = {
+            let mut fail_after = self.knobs.fail_read_all_after.lock().expect("lock");
+            *fail_after == Some(after) && fail_after.take().is_some()
+        };
+        if fail {
+            return Err(Error::store(
+                format!("cannot read the log after {after}"),
+                std::io::Error::other("connection reset"),
+            ));
+        }
         self.inner.read_all(after, filter, limit).await
     }
 
@@ -1430,4 +1443,34 @@ fn a_failing_json_upcaster_is_an_upcast_error() {
         .decode_payload::<AccountEvent>("Deposited", 1, &stored)
         .unwrap();
     assert_eq!(event, deposited(7));
+}
+
+#[tokio::test]
+async fn a_log_reader_surfaces_a_failed_read_ahead_and_reads_the_page_again() {
+    let store = TestStore::default();
+    let accounts = Repository::<Account, _>::new(store.clone());
+    accounts.execute("a", open("ada")).await.unwrap();
+    for amount in 1..=4 {
+        accounts.execute("a", deposit(amount)).await.unwrap();
+    }
+    *store.knobs.fail_read_all_after.lock().unwrap() = Some(Position(2));
+    let mut reader = LogReader::new(Arc::new(store), Position::START, EventFilter::all(), 2);
+    let first = reader.next_page().await.unwrap();
+    assert_eq!(first.next, Position(2));
+    // The page after 2 was read ahead, and that read failed.
+    let error = reader
+        .next_page()
+        .await
+        .expect_err("the failed read surfaces");
+    assert!(matches!(error, Error::Store { .. }), "{error:?}");
+    assert_eq!(reader.position(), Position(2), "the reader did not move");
+    let mut seen: Vec<u64> = first.events.iter().map(|e| e.position.0).collect();
+    loop {
+        let page = reader.next_page().await.unwrap();
+        if page.events.is_empty() {
+            break;
+        }
+        seen.extend(page.events.iter().map(|e| e.position.0));
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5], "nothing lost, nothing twice");
 }
