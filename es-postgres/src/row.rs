@@ -27,6 +27,14 @@ pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
     })
 }
 
+/// A stored schema version (`integer`).
+pub(crate) fn stored_schema_version(value: i32) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::Store {
+        message: format!("stored schema version {value} is negative"),
+        source: None,
+    })
+}
+
 /// A schema version as a stored `integer`.
 pub(crate) fn to_i32(value: u32, what: &str) -> Result<i32> {
     i32::try_from(value).map_err(|_| Error::Store {
@@ -280,10 +288,7 @@ impl EventReader {
             stream_id: self.stream_ids.get(stream_id),
             event_id: EventId(event_id),
             event_type,
-            schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
-                message: format!("stored schema version {schema_version} is negative"),
-                source: None,
-            })?,
+            schema_version: stored_schema_version(schema_version)?,
             payload,
             metadata,
             recorded_at,

@@ -23,8 +23,8 @@ use crate::inline::{InlineHandler, InlineProjection};
 use crate::lease::Lease;
 use crate::notify::Signals;
 use crate::row::{
-    committed_from_row, db_error, event_from_row, metadata_json, recorded, to_i32, to_i64, to_u64,
-    EventColumns, EventReader,
+    committed_from_row, db_error, event_from_row, metadata_json, recorded, stored_schema_version,
+    to_i32, to_i64, to_u64, EventColumns, EventReader,
 };
 use crate::sql::Statements;
 use crate::tx::PgTx;
@@ -621,10 +621,7 @@ fn visit_replayed(
         position: Position(to_u64(position, "position")?),
         version: Version(to_u64(version, "version")?),
         event_type,
-        schema_version: u32::try_from(schema_version).map_err(|_| Error::Store {
-            message: format!("stored schema version {schema_version} is negative"),
-            source: None,
-        })?,
+        schema_version: stored_schema_version(schema_version)?,
         payload,
     })
 }
