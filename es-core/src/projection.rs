@@ -480,7 +480,6 @@ where
     pub async fn run_until(&self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut reader = self.reader(self.start().await?);
-        let mut position = reader.position();
         loop {
             let stop_now = tokio::select! {
                 biased;
@@ -490,19 +489,16 @@ where
             if stop_now {
                 break;
             }
-            match self.step(&mut reader).await? {
-                Step::Progress(p) => position = p,
-                Step::Idle(p) => {
-                    position = p;
-                    tokio::select! {
-                        () = &mut shutdown => break,
-                        waited = self.inner.store.wait_for_events(position, self.idle_wait) => {
-                            waited?;
-                        }
+            if let Step::Idle(position) = self.step(&mut reader).await? {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    waited = self.inner.store.wait_for_events(position, self.idle_wait) => {
+                        waited?;
                     }
                 }
             }
         }
+        let position = reader.position();
         tracing::info!(projection = P::NAME, position = %position, "projection stopped");
         Ok(())
     }
