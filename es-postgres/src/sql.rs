@@ -346,7 +346,8 @@ impl Statements {
                     OR snapshots.state_version <> excluded.state_version"
             ),
             load_snapshot: format!(
-                "SELECT version, state_version, state, taken_at FROM {s}.snapshots WHERE stream_id = $1"
+                "SELECT version, state_version AS schema_version, state AS payload, taken_at
+                 FROM {s}.snapshots WHERE stream_id = $1"
             ),
             load_checkpoint: format!(
                 "SELECT position, version FROM {s}.checkpoints WHERE projection = $1"

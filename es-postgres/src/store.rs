@@ -11,10 +11,8 @@ use es_core::{
     EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Replay,
     ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
 };
-use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
@@ -626,7 +624,10 @@ fn visit_replayed(
     })
 }
 
-/// The snapshot of the `replay_from_snapshot` statement's first row.
+/// The snapshot of a row with the columns `version`, `schema_version` (the
+/// state version), `payload` (the state) and `taken_at`: the
+/// `load_snapshot` statement's, and the `replay_from_snapshot` statement's
+/// first.
 fn snapshot_from_row(stream_id: &StreamId, row: &PgRow) -> Result<Snapshot> {
     let context = || format!("cannot read the snapshot of `{stream_id}`");
     let version: i64 = row.try_get("version").map_err(db_error(context()))?;
@@ -996,20 +997,8 @@ impl SnapshotStore for PgEventStore {
             .fetch_optional(&self.shared.pool)
             .await
             .map_err(db_error(context()))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let version: i64 = row.try_get("version").map_err(db_error(context()))?;
-        let state_version: i32 = row.try_get("state_version").map_err(db_error(context()))?;
-        let Json(state): Json<Value> = row.try_get("state").map_err(db_error(context()))?;
-        let taken_at: DateTime<Utc> = row.try_get("taken_at").map_err(db_error(context()))?;
-        Ok(Some(Snapshot {
-            stream_id: stream_id.clone(),
-            version: Version(to_u64(version, "version")?),
-            state_version: u32::try_from(state_version).unwrap_or(0),
-            state,
-            taken_at,
-        }))
+        row.map(|row| snapshot_from_row(stream_id, &row))
+            .transpose()
     }
 }
 
