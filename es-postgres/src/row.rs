@@ -74,10 +74,11 @@ pub(crate) struct EventColumns<'a> {
 
 impl<'a> EventColumns<'a> {
     /// Binds the values of the only event, in the order of the six column
-    /// arrays; `None` when there is not exactly one event.
+    /// arrays, to the query `query` builds; `None` (and no query built) when
+    /// there is not exactly one event.
     pub(crate) fn bind_one_to<'q>(
         &'q self,
-        query: Query<'q, Postgres, PgArguments>,
+        query: impl FnOnce() -> Query<'q, Postgres, PgArguments>,
     ) -> Option<Query<'q, Postgres, PgArguments>> {
         match (
             &self.event_ids[..],
@@ -89,7 +90,7 @@ impl<'a> EventColumns<'a> {
         ) {
             ([event_id], [event_type], [schema_version], [payload], [metadata], [recorded_at]) => {
                 Some(
-                    query
+                    query()
                         .bind(event_id)
                         .bind(*event_type)
                         .bind(schema_version)
@@ -103,10 +104,11 @@ impl<'a> EventColumns<'a> {
     }
 
     /// Binds the ids and payloads as arrays, then the type, schema version,
-    /// metadata and time that every event shares; `None` when they differ.
+    /// metadata and time that every event shares, to the query `query`
+    /// builds; `None` (and no query built) when they differ.
     pub(crate) fn bind_uniform_to<'q>(
         &'q self,
-        query: Query<'q, Postgres, PgArguments>,
+        query: impl FnOnce() -> Query<'q, Postgres, PgArguments>,
     ) -> Option<Query<'q, Postgres, PgArguments>> {
         fn shared<T: PartialEq>(values: &[T]) -> Option<&T> {
             let first = values.first()?;
@@ -117,7 +119,7 @@ impl<'a> EventColumns<'a> {
         let metadata = shared(&self.metadata)?.as_str();
         let recorded_at = shared(&self.recorded_at)?;
         Some(
-            query
+            query()
                 .bind(&self.event_ids)
                 .bind(&self.payloads)
                 .bind(event_type)

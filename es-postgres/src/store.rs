@@ -357,13 +357,10 @@ impl PgEventStore {
                 .bind(stream_id.as_str())
                 .bind(expected)
         };
-        let query = match columns.bind_one_to(statement(&sql.append_one)) {
-            Some(query) => query,
-            None => match columns.bind_uniform_to(statement(&sql.append_uniform)) {
-                Some(query) => query,
-                None => columns.bind_to(statement(&sql.append_plain)),
-            },
-        };
+        let query = columns
+            .bind_one_to(|| statement(&sql.append_one))
+            .or_else(|| columns.bind_uniform_to(|| statement(&sql.append_uniform)))
+            .unwrap_or_else(|| columns.bind_to(statement(&sql.append_plain)));
         let row = query
             .fetch_optional(&self.shared.pool)
             .await
