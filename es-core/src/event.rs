@@ -399,9 +399,18 @@ impl EventSchema {
         payload: &'a Payload,
     ) -> std::result::Result<(&'a str, std::borrow::Cow<'a, Payload>), DecodeErrorKind> {
         let (i, info) = self.entry(stored_type, schema_version)?;
-        if schema_version == info.version {
-            return Ok((&info.name, std::borrow::Cow::Borrowed(payload)));
-        }
+        Ok((&info.name, self.hops(i, info, schema_version, payload)?))
+    }
+
+    /// Brings a payload of the entry's type from `schema_version` to its
+    /// current version, hop by hop (borrowed when no hop is needed).
+    fn hops<'a>(
+        &self,
+        i: usize,
+        info: &EventTypeInfo,
+        schema_version: u32,
+        payload: &'a Payload,
+    ) -> std::result::Result<std::borrow::Cow<'a, Payload>, DecodeErrorKind> {
         let mut payload = Upcasting::Text(std::borrow::Cow::Borrowed(payload));
         for from in schema_version..info.version {
             let hop = self
@@ -412,7 +421,7 @@ impl EventSchema {
                 .hop(hop)
                 .map_err(|source| DecodeErrorKind::Upcast { from, source })?;
         }
-        Ok((&info.name, payload.done()))
+        Ok(payload.done())
     }
 
     /// Decodes a stored payload into an event of the family, without a
@@ -453,15 +462,13 @@ impl EventSchema {
         schema_version: u32,
         json: &str,
     ) -> std::result::Result<E, DecodeErrorKind> {
-        let (_, info) = self.entry(stored_type, schema_version)?;
+        let (i, info) = self.entry(stored_type, schema_version)?;
         if schema_version == info.version {
             return E::from_json(&info.name, json).map_err(DecodeErrorKind::Payload);
         }
-        self.decode_payload(
-            stored_type,
-            schema_version,
-            &Payload::from_trusted_json(json),
-        )
+        let payload = Payload::from_trusted_json(json);
+        let payload = self.hops(i, info, schema_version, &payload)?;
+        E::from_payload(&info.name, &payload).map_err(DecodeErrorKind::Payload)
     }
 
     /// Decodes only the event of a stored event, with the same errors as
