@@ -586,3 +586,40 @@ fn one_runner_holds_the_lease_and_another_takes_over_when_its_connection_dies() 
         other.pool().close().await;
     });
 }
+
+#[test]
+fn a_negative_stored_schema_version_is_a_store_error_and_loses_nothing() {
+    test(|store| async move {
+        run_commands(&store, 3, 2).await; // streams counter-c0..c2, versions 1..2
+        let bad = Repository::<Counter, PgEventStore>::stream_id("c1");
+        sqlx::query(&format!(
+            "UPDATE \"{}\".events SET schema_version = -1 WHERE stream_id = $1 AND version = 2",
+            store.schema()
+        ))
+        .bind(bad.as_str())
+        .execute(store.pool())
+        .await
+        .expect("corrupt a row");
+        let repo = Repository::<Counter, _>::new(store.clone());
+        let error = repo.load("c1").await.expect_err("the row does not load");
+        assert!(
+            matches!(&error, Error::Store { message, .. } if message.contains("schema version -1")),
+            "{error:?}"
+        );
+        let error = store
+            .read_stream(&bad, Version(1), 10)
+            .await
+            .expect_err("nor does the stream read");
+        assert!(matches!(error, Error::Store { .. }), "{error:?}");
+        assert_eq!(
+            repo.load("c0")
+                .await
+                .expect("other streams load")
+                .state
+                .adds,
+            2
+        );
+        // The row is still there, as it was written but for the corruption.
+        assert_eq!(store.stream_version(&bad).await.unwrap(), Version(2));
+    });
+}
