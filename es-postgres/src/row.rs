@@ -231,6 +231,12 @@ pub(crate) fn db_error(message: impl Into<String>) -> impl FnOnce(sqlx::Error) -
     move |source| Error::store(message, source)
 }
 
+/// Wraps a driver error with what the store was doing, said by `context`
+/// only when there is an error (for the paths taken once per row).
+pub(crate) fn db_error_in(context: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> Error {
+    move |source| Error::store(context(), source)
+}
+
 /// Reads a stored event from a row whose first columns are those of
 /// `EVENT_COLUMNS`, in that order (read by index: this is the hot path of
 /// every read).

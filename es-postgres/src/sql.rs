@@ -146,12 +146,16 @@ impl Statements {
         );
         // The common append (no idempotency key, no inline projection): the
         // insert alone. It answers the first version written and the
-        // positions in version order, null (or no row) when the expected
-        // version did not match (nothing was written).
+        // positions of the first and last event, null (or no row) when the
+        // expected version did not match (nothing was written). One
+        // statement draws its positions in insertion order, which is
+        // version order: the least and greatest are the first and last
+        // event's (cheaper than collecting them in order).
         let written = |insert: String| {
             format!(
                 "WITH written AS ({insert} RETURNING position, version)
-                 SELECT min(version) AS first_version, array_agg(position ORDER BY version) AS positions
+                 SELECT min(version) AS first_version, min(position) AS first_position,
+                        max(position) AS last_position
                  FROM written"
             )
         };
@@ -187,7 +191,8 @@ impl Statements {
              SELECT $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
              FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current
              WHERE $2::int8 < 0 OR current.version = $2::int8
-             RETURNING version AS first_version, ARRAY[position] AS positions"
+             RETURNING version AS first_version, position AS first_position,
+                       position AS last_position"
         );
         // Every read of the log returns the page's events and two columns,
         // read in the same statement (so with the same snapshot): `tail`, the
@@ -294,11 +299,13 @@ impl Statements {
             append_one,
             replay_stream: format!(
                 "SELECT position, version, event_type, schema_version, payload
-                 FROM {s}.events WHERE stream_id = $1 AND version >= $2 ORDER BY version"
+                 FROM {s}.events WHERE stream_id = $1 AND version >= $2"
             ),
             // The snapshot's row first (no position), then the events after
-            // it in order: the branches of a `UNION ALL` come in order, and
-            // the reader checks that the snapshot row comes first.
+            // it: the branches of a `UNION ALL` come in order, and the reader
+            // checks that the snapshot row comes first. The replays leave
+            // out `ORDER BY` and put events in version order themselves
+            // (`InVersionOrder`: no sort on the server).
             replay_from_snapshot: format!(
                 "SELECT NULL::bigint AS position, version, NULL::text AS event_type,
                         state_version AS schema_version, state AS payload, taken_at
@@ -307,8 +314,7 @@ impl Statements {
                  (SELECT position, version, event_type, schema_version, payload, NULL::timestamptz
                   FROM {s}.events
                   WHERE stream_id = $1
-                    AND version > COALESCE((SELECT version FROM {s}.snapshots WHERE stream_id = $1), 0)
-                  ORDER BY version)"
+                    AND version > COALESCE((SELECT version FROM {s}.snapshots WHERE stream_id = $1), 0))"
             ),
             read_stream: format!(
                 "SELECT {cols} FROM {s}.events WHERE stream_id = $1 AND version >= $2

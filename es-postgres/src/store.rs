@@ -1,5 +1,6 @@
 //! The PostgreSQL event store.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,8 @@ use crate::inline::{InlineHandler, InlineProjection};
 use crate::lease::Lease;
 use crate::notify::Signals;
 use crate::row::{
-    committed_from_row, db_error, event_from_row, metadata_json, recorded, stored_schema_version,
-    to_i32, to_i64, to_u64, EventColumns, EventReader,
+    committed_from_row, db_error, db_error_in, event_from_row, metadata_json, recorded,
+    stored_schema_version, to_i32, to_i64, to_u64, EventColumns, EventReader,
 };
 use crate::sql::Statements;
 use crate::tx::PgTx;
@@ -217,8 +218,12 @@ impl fmt::Debug for PgEventStore {
 
 /// What the append statement reported.
 struct AppendRow {
+    /// The stream's version before the append (or now, when nothing was
+    /// written).
     current: u64,
-    positions: Vec<i64>,
+    /// The positions of the first and last event written; `None` when
+    /// nothing was.
+    written: Option<(i64, i64)>,
     prior: Option<Committed>,
 }
 
@@ -367,10 +372,15 @@ impl PgEventStore {
             .map_err(AppendFailure::Db)?;
         let err =
             |source| AppendFailure::Other(Error::store("cannot read the append's result", source));
-        let (first, positions): (Option<i64>, Option<Vec<i64>>) = match row {
-            Some(row) => (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?),
-            None => (None, None),
-        };
+        let (first, first_position, last_position): (Option<i64>, Option<i64>, Option<i64>) =
+            match row {
+                Some(row) => (
+                    row.try_get(0).map_err(err)?,
+                    row.try_get(1).map_err(err)?,
+                    row.try_get(2).map_err(err)?,
+                ),
+                None => (None, None, None),
+            };
         let current = match first {
             Some(first) => to_u64(first - 1, "version").map_err(AppendFailure::Other)?,
             None => {
@@ -382,7 +392,7 @@ impl PgEventStore {
         };
         Ok(AppendRow {
             current,
-            positions: positions.unwrap_or_default(),
+            written: first_position.zip(last_position),
             prior: None,
         })
     }
@@ -410,7 +420,9 @@ impl PgEventStore {
                 .fetch_one(&self.shared.pool)
                 .await
                 .map_err(AppendFailure::Db)?;
-            return append_row(&row).map_err(AppendFailure::Other);
+            return append_row(&row)
+                .map(|(row, _)| row)
+                .map_err(AppendFailure::Other);
         }
         // Inline projections: the insert is the transaction's first write,
         // so the transaction id (the log order) is taken at the insert.
@@ -420,15 +432,15 @@ impl PgEventStore {
             .fetch_one(tx.conn())
             .await
             .map_err(AppendFailure::Db)?;
-        let row = append_row(&row).map_err(AppendFailure::Other)?;
-        if row.prior.is_some() || row.positions.is_empty() {
+        let (row, positions) = append_row(&row).map_err(AppendFailure::Other)?;
+        if row.prior.is_some() || row.written.is_none() {
             return Ok(row);
         }
         let stored = recorded(
             stream_id,
             Version(row.current + 1),
             events.to_vec(),
-            &row.positions,
+            &positions,
             &columns.recorded_at,
         )
         .map_err(AppendFailure::Other)?;
@@ -450,26 +462,44 @@ impl PgEventStore {
         Ok(row)
     }
 
-    /// Runs one of the statements that read a page of the global log.
+    /// Runs one of the statements that read a page of the global log into
+    /// `events`, turning each row into an event as it arrives (while the
+    /// server still sends the rest). Answers the statement's `tail` and
+    /// `pending` (the same on every row), or `None` when it returned no row.
     async fn fetch_page(
         &self,
         statement: &str,
         after: Position,
         limit: i64,
         filter: &EventFilter,
-    ) -> Result<Vec<PgRow>> {
+        events: &mut Vec<RecordedEvent>,
+    ) -> Result<Option<(Option<i64>, bool)>> {
+        let context = || format!("cannot read the global log after position {after}");
         let mut query = sqlx::query(statement)
             .bind(to_i64(after.0, "position")?)
             .bind(limit);
         if let Some(types) = &filter.event_types {
             query = query.bind(types);
         }
-        query
-            .fetch_all(&self.shared.pool)
-            .await
-            .map_err(db_error(format!(
-                "cannot read the global log after position {after}"
-            )))
+        let mut rows = query.fetch(&self.shared.pool);
+        let mut reader = EventReader::default();
+        let mut ends = None;
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(db_error_in(&context))?;
+            if ends.is_none() {
+                ends = Some((
+                    row.try_get::<Option<i64>, _>("tail")
+                        .map_err(db_error_in(&context))?,
+                    row.try_get("pending").map_err(db_error_in(&context))?,
+                ));
+            }
+            // The empty page's one row has no event (a null position).
+            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
+            if position.is_some() {
+                events.push(reader.read(&row)?);
+            }
+        }
+        Ok(ends)
     }
 
     async fn read_all_impl(
@@ -488,7 +518,6 @@ impl PgEventStore {
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = &self.shared.sql;
         let protected = self.shared.gap_protection;
-        let context = || format!("cannot read the global log after position {after}");
         // `rows` reads a page straight off the index; `page` also answers
         // when the page is empty. Both are one statement, one snapshot.
         let (rows_statement, page_statement) = match (&filter.event_types, protected) {
@@ -500,37 +529,21 @@ impl PgEventStore {
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut rows = match rows_statement {
-                Some(statement) => self.fetch_page(statement, after, limit_i64, filter).await?,
-                None => Vec::new(),
-            };
-            if rows.is_empty() {
-                rows = self
-                    .fetch_page(page_statement, after, limit_i64, filter)
+            slice.events.clear();
+            let mut ends = None;
+            if let Some(statement) = rows_statement {
+                ends = self
+                    .fetch_page(statement, after, limit_i64, filter, &mut slice.events)
                     .await?;
             }
-            // `tail` and `pending` are the statement's, the same on every
-            // row; there is always one row (the `page` statement answers a
-            // page of none with one row of NULLs).
-            let (tail, pending) = match rows.first() {
-                Some(row) => (
-                    row.try_get::<Option<i64>, _>("tail")
-                        .map_err(|e| db_error(context())(e))?,
-                    row.try_get("pending").map_err(|e| db_error(context())(e))?,
-                ),
-                None => (None, false),
-            };
-            slice.events.clear();
-            let mut reader = EventReader::default();
-            for row in &rows {
-                // The empty page's one row has no event (a null position).
-                let position: Option<i64> = row
-                    .try_get_unchecked(0)
-                    .map_err(|e| db_error(context())(e))?;
-                if position.is_some() {
-                    slice.events.push(reader.read(row)?);
-                }
+            if ends.is_none() {
+                // There is always one row (the `page` statement answers a
+                // page of none with one row of NULLs).
+                ends = self
+                    .fetch_page(page_statement, after, limit_i64, filter, &mut slice.events)
+                    .await?;
             }
+            let (tail, pending) = ends.unwrap_or((None, false));
             if slice.events.len() < limit && pending && waited < PENDING_WAIT {
                 // Committed events wait for an older transaction, most
                 // often one that is about to end: give it a moment.
@@ -580,25 +593,28 @@ enum AppendFailure {
     Other(Error),
 }
 
-fn append_row(row: &PgRow) -> Result<AppendRow> {
+/// Reads the result of the statement for appends with an idempotency key
+/// or inline projections, with the position of each event written.
+fn append_row(row: &PgRow) -> Result<(AppendRow, Vec<i64>)> {
     let err = |source| Error::store("cannot read the append's result", source);
     let current: i64 = row.try_get("current_version").map_err(err)?;
-    let positions: Option<Vec<i64>> = row.try_get("positions").map_err(err)?;
-    Ok(AppendRow {
+    let positions: Vec<i64> = row
+        .try_get::<Option<Vec<i64>>, _>("positions")
+        .map_err(err)?
+        .unwrap_or_default();
+    let written = positions.first().copied().zip(positions.last().copied());
+    let row = AppendRow {
         current: to_u64(current, "version")?,
-        positions: positions.unwrap_or_default(),
+        written,
         prior: committed_from_row(row, "prior_")?,
-    })
+    };
+    Ok((row, positions))
 }
 
-/// The columns of the replay statement (their types are the migration's).
-/// Hands `visit` the replayed event of a row whose first columns are
-/// position, version, event type, schema version and payload.
-fn visit_replayed(
-    row: &PgRow,
-    context: &dyn Fn() -> String,
-    visit: &mut (dyn for<'e> FnMut(ReplayedEvent<'e>) -> Result<()> + Send),
-) -> Result<()> {
+/// The replayed event of a row whose first columns are position, version,
+/// event type, schema version and payload (the replay statements'; their
+/// types are the migration's).
+fn replayed<'r>(row: &'r PgRow, context: &dyn Fn() -> String) -> Result<ReplayedEvent<'r>> {
     let columns = || -> std::result::Result<(i64, i64, &str, i32, &str), sqlx::Error> {
         Ok((
             row.try_get_unchecked(0)?,
@@ -611,8 +627,8 @@ fn visit_replayed(
     // The payload's text is lent as it is in the row: the column's type is
     // `json`, so the server checked it.
     let (position, version, event_type, schema_version, payload) =
-        columns().map_err(db_error(context()))?;
-    visit(ReplayedEvent {
+        columns().map_err(db_error_in(context))?;
+    Ok(ReplayedEvent {
         position: Position(to_u64(position, "position")?),
         version: Version(to_u64(version, "version")?),
         event_type,
@@ -621,19 +637,82 @@ fn visit_replayed(
     })
 }
 
+/// Hands the rows of one stream's replay to a visitor in version order.
+///
+/// The replay statements have no `ORDER BY`: the server then reads the
+/// stream's rows as they lie in the table (a bitmap scan of the
+/// `(stream_id, version)` index) and sends each at once, instead of sorting
+/// them all first (for a stream of 10,000 events, 1.6 ms instead of 4.2 ms on
+/// the server, and the first row comes before the last is read). An
+/// append-only table holds a stream's events in version order, so rows come
+/// in order and are handed on as they come; a row that comes early (its
+/// event landed in space freed earlier in the table) waits here for the
+/// ones before it.
+struct InVersionOrder {
+    next: u64,
+    early: BTreeMap<u64, PgRow>,
+}
+
+impl InVersionOrder {
+    /// Expects the stream's events from version `from` on.
+    fn new(from: Version) -> Self {
+        Self {
+            next: from.0.max(1),
+            early: BTreeMap::new(),
+        }
+    }
+
+    /// Takes the next row of the statement.
+    fn push(
+        &mut self,
+        row: PgRow,
+        context: &dyn Fn() -> String,
+        visit: &mut (dyn for<'e> FnMut(ReplayedEvent<'e>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let event = replayed(&row, context)?;
+        let version = event.version.0;
+        if version > self.next {
+            self.early.insert(version, row);
+            return Ok(());
+        }
+        visit(event)?;
+        self.next = self.next.max(version + 1);
+        while let Some(row) = self.early.remove(&self.next) {
+            visit(replayed(&row, context)?)?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Hands on the rows still waiting (after a version missing from the
+    /// stream, which appends never leave), in version order.
+    fn finish(
+        self,
+        context: &dyn Fn() -> String,
+        visit: &mut (dyn for<'e> FnMut(ReplayedEvent<'e>) -> Result<()> + Send),
+    ) -> Result<()> {
+        for row in self.early.values() {
+            visit(replayed(row, context)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The snapshot of a row with the columns `version`, `schema_version` (the
 /// state version), `payload` (the state) and `taken_at`: the
 /// `load_snapshot` statement's, and the `replay_from_snapshot` statement's
 /// first.
 fn snapshot_from_row(stream_id: &StreamId, row: &PgRow) -> Result<Snapshot> {
     let context = || format!("cannot read the snapshot of `{stream_id}`");
-    let version: i64 = row.try_get("version").map_err(db_error(context()))?;
-    let state_version: i32 = row.try_get("schema_version").map_err(db_error(context()))?;
+    let version: i64 = row.try_get("version").map_err(db_error_in(&context))?;
+    let state_version: i32 = row
+        .try_get("schema_version")
+        .map_err(db_error_in(&context))?;
     // A `json` value comes as its text.
     let state: &str = row
         .try_get_unchecked("payload")
-        .map_err(db_error(context()))?;
-    let taken_at: DateTime<Utc> = row.try_get("taken_at").map_err(db_error(context()))?;
+        .map_err(db_error_in(&context))?;
+    let taken_at: DateTime<Utc> = row.try_get("taken_at").map_err(db_error_in(&context))?;
     Ok(Snapshot {
         stream_id: stream_id.clone(),
         version: Version(to_u64(version, "version")?),
@@ -699,9 +778,7 @@ impl EventStore for PgEventStore {
                     if let (Some(first), Some(key)) = (row.prior, key) {
                         return remembered(key, first, stream_id);
                     }
-                    let (Some(&first_position), Some(&last_position)) =
-                        (row.positions.first(), row.positions.last())
-                    else {
+                    let Some((first_position, last_position)) = row.written else {
                         return Err(Error::Conflict {
                             stream_id: stream_id.clone(),
                             expected,
@@ -788,7 +865,7 @@ impl EventStore for PgEventStore {
             .fetch(&self.shared.pool);
         let mut reader = EventReader::default();
         while let Some(row) = rows.next().await {
-            let row = row.map_err(db_error(context()))?;
+            let row = row.map_err(db_error_in(&context))?;
             visit(&reader.read(&row)?)?;
         }
         Ok(())
@@ -807,11 +884,12 @@ impl EventStore for PgEventStore {
             .bind(stream_id.as_str())
             .bind(to_i64(from.0, "version")?)
             .fetch(&self.shared.pool);
+        let mut in_order = InVersionOrder::new(from);
         while let Some(row) = rows.next().await {
-            let row = row.map_err(db_error(context()))?;
-            visit_replayed(&row, &context, visit)?;
+            let row = row.map_err(db_error_in(&context))?;
+            in_order.push(row, &context, visit)?;
         }
-        Ok(())
+        in_order.finish(&context, visit)
     }
 
     async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {
@@ -949,9 +1027,10 @@ impl SnapshotStore for PgEventStore {
             .bind(stream_id.as_str())
             .fetch(&self.shared.pool);
         let mut started = false;
+        let mut in_order = InVersionOrder::new(Version::INITIAL);
         while let Some(row) = rows.next().await {
-            let row = row.map_err(db_error(context()))?;
-            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error(context()))?;
+            let row = row.map_err(db_error_in(&context))?;
+            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
             let is_snapshot = position.is_none();
             if is_snapshot && started {
                 return Err(Error::Store {
@@ -963,7 +1042,7 @@ impl SnapshotStore for PgEventStore {
                 started = true;
                 // The statement's events are those after the snapshot's version.
                 let (from, after) = if is_snapshot {
-                    let version: i64 = row.try_get_unchecked(1).map_err(db_error(context()))?;
+                    let version: i64 = row.try_get_unchecked(1).map_err(db_error_in(&context))?;
                     let snapshot = snapshot_from_row(stream_id, &row).map(Some);
                     (replay.start(snapshot), Version(to_u64(version, "version")?))
                 } else {
@@ -975,16 +1054,17 @@ impl SnapshotStore for PgEventStore {
                         .replay_stream(stream_id, from, &mut |event| replay.event(event))
                         .await;
                 }
+                in_order = InVersionOrder::new(from);
                 if is_snapshot {
                     continue;
                 }
             }
-            visit_replayed(&row, &context, &mut |event| replay.event(event))?;
+            in_order.push(row, &context, &mut |event| replay.event(event))?;
         }
         if !started {
             replay.start(Ok(None));
         }
-        Ok(())
+        in_order.finish(&context, &mut |event| replay.event(event))
     }
 
     async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
@@ -993,7 +1073,7 @@ impl SnapshotStore for PgEventStore {
             .bind(stream_id.as_str())
             .fetch_optional(&self.shared.pool)
             .await
-            .map_err(db_error(context()))?;
+            .map_err(db_error_in(&context))?;
         row.map(|row| snapshot_from_row(stream_id, &row))
             .transpose()
     }
@@ -1027,12 +1107,12 @@ impl CheckpointStore for PgEventStore {
             .bind(projection)
             .fetch_optional(&self.shared.pool)
             .await
-            .map_err(db_error(context()))?;
+            .map_err(db_error_in(&context))?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let position: i64 = row.try_get("position").map_err(db_error(context()))?;
-        let version: i32 = row.try_get("version").map_err(db_error(context()))?;
+        let position: i64 = row.try_get("position").map_err(db_error_in(&context))?;
+        let version: i32 = row.try_get("version").map_err(db_error_in(&context))?;
         Ok(Some(Checkpoint {
             position: Position(to_u64(position, "position")?),
             version: u32::try_from(version).unwrap_or(0),
@@ -1076,14 +1156,14 @@ impl CheckpointStore for PgEventStore {
             .bind(projection)
             .fetch_all(&self.shared.pool)
             .await
-            .map_err(db_error(context()))?;
+            .map_err(db_error_in(&context))?;
         rows.iter()
             .map(|row| {
                 Ok(ParkedEvent {
                     projection: projection.to_owned(),
                     event: event_from_row(row)?,
-                    error: row.try_get("error").map_err(db_error(context()))?,
-                    parked_at: row.try_get("parked_at").map_err(db_error(context()))?,
+                    error: row.try_get("error").map_err(db_error_in(&context))?,
+                    parked_at: row.try_get("parked_at").map_err(db_error_in(&context))?,
                 })
             })
             .collect()
