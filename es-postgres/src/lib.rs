@@ -128,8 +128,10 @@
 //! **Waking readers.** [`EventStore::wait_for_events`](es_core::EventStore::wait_for_events)
 //! wakes at once for appends of the same process, and on a `LISTEN`ed
 //! notification for appends of other processes (sent by a background task,
-//! one `NOTIFY` per burst of appends, so that appends do not serialize on
-//! PostgreSQL's notification lock). Without a notification it looks again
+//! so that appends do not serialize on PostgreSQL's notification lock: the
+//! first append after a quiet spell at once, then at most one `NOTIFY` per
+//! [`PgStoreOptions::notify_interval`], 50 ms by default, for all the
+//! appends in between). Without a notification it looks again
 //! every [`PgStoreOptions::poll_interval`] (1 s by default), and every few
 //! milliseconds while committed events wait for an older transaction.
 //!

@@ -15,9 +15,6 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-/// The shortest time between two notifications of one store.
-const MIN_NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
-
 /// The wake-up signals of one store, shared by its clones.
 #[derive(Debug)]
 pub(crate) struct Signals {
@@ -29,11 +26,14 @@ pub(crate) struct Signals {
     alive: watch::Sender<()>,
     listening: AtomicBool,
     notifier_started: AtomicBool,
+    /// The shortest time between two notifications.
+    notify_interval: Duration,
 }
 
 impl Signals {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(notify_interval: Duration) -> Self {
         Self {
+            notify_interval,
             wake: watch::Sender::new(0),
             appended: watch::Sender::new(0),
             alive: watch::Sender::new(()),
@@ -54,6 +54,7 @@ impl Signals {
             tokio::spawn(notifier(
                 pool.clone(),
                 Arc::clone(notify_sql),
+                self.notify_interval,
                 appended,
                 alive,
             ));
@@ -88,6 +89,7 @@ impl Signals {
 async fn notifier(
     pool: PgPool,
     sql: Arc<str>,
+    interval: Duration,
     mut appended: watch::Receiver<u64>,
     mut alive: watch::Receiver<()>,
 ) {
@@ -104,7 +106,7 @@ async fn notifier(
                 // At most one notification per interval: the appends in
                 // between are announced together by the next one.
                 tokio::select! {
-                    () = tokio::time::sleep(MIN_NOTIFY_INTERVAL) => {}
+                    () = tokio::time::sleep(interval) => {}
                     _ = alive.changed() => break,
                 }
             }

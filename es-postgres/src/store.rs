@@ -41,8 +41,9 @@ const ANY_VERSION_ATTEMPTS: usize = 16;
 /// when committed events wait behind them.
 const PENDING_WAIT: Duration = Duration::from_millis(100);
 
-/// Options of a [`PgEventStore`]: its schema, the polling fallback of
-/// waiting readers, and the pool built by [`PgStoreOptions::connect`].
+/// Options of a [`PgEventStore`]: its schema, how often it tells other
+/// processes of its appends, the polling fallback of waiting readers, and
+/// the pool built by [`PgStoreOptions::connect`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -51,6 +52,7 @@ const PENDING_WAIT: Duration = Duration::from_millis(100);
 /// let options = PgStoreOptions::new()
 ///     .schema("orders")
 ///     .poll_interval(Duration::from_millis(500))
+///     .notify_interval(Duration::from_millis(20))
 ///     .max_connections(20);
 /// assert_eq!(options.schema_name(), "orders");
 /// ```
@@ -58,6 +60,7 @@ const PENDING_WAIT: Duration = Duration::from_millis(100);
 pub struct PgStoreOptions {
     schema: String,
     poll_interval: Duration,
+    notify_interval: Duration,
     max_connections: u32,
     gap_protection: bool,
 }
@@ -69,12 +72,13 @@ impl Default for PgStoreOptions {
 }
 
 impl PgStoreOptions {
-    /// Schema `es`, a poll every second when no notification came, pools of
-    /// 10 connections.
+    /// Schema `es`, at most one notification every 50 ms, a poll every
+    /// second when no notification came, pools of 10 connections.
     pub fn new() -> Self {
         Self {
             schema: "es".to_owned(),
             poll_interval: Duration::from_secs(1),
+            notify_interval: Duration::from_millis(50),
             max_connections: 10,
             gap_protection: true,
         }
@@ -99,6 +103,20 @@ impl PgStoreOptions {
     #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The shortest time between two notifications (`NOTIFY`) by which
+    /// this store tells other processes' waiting readers of its appends.
+    /// The first append after a quiet spell is announced at once; while
+    /// appends keep coming, one notification announces all those of an
+    /// interval, so a reader elsewhere hears of them at most this late.
+    /// Each notification is a short transaction of its own: a shorter
+    /// interval wakes readers elsewhere sooner and costs busy writers more.
+    /// Readers in the same process are woken at once, whatever the interval.
+    #[must_use]
+    pub fn notify_interval(mut self, interval: Duration) -> Self {
+        self.notify_interval = interval.max(Duration::from_millis(1));
         self
     }
 
@@ -142,7 +160,7 @@ impl PgStoreOptions {
                 sql,
                 poll_interval: self.poll_interval,
                 gap_protection: self.gap_protection,
-                signals: Signals::new(),
+                signals: Signals::new(self.notify_interval),
             }),
             inline: Arc::from(Vec::new()),
             lease: None,
