@@ -1,22 +1,39 @@
 //! Following the global log page by page, with the next page read ahead.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::store::{EventStore, LogSlice};
-use crate::types::{EventFilter, Position};
+use crate::types::{EventFilter, Position, RecordedEvent};
 
-/// Reads the global log in order, one page at a time, and reads the next page
-/// while the caller works on the current one.
+/// About how many events a [`LogReader`] asks the store for at once, unless
+/// [`LogReader::read_size`] says otherwise: the most whole pages that fit,
+/// and at least one page.
+pub const DEFAULT_READ_SIZE: usize = 4096;
+
+/// The most whole pages of `page_size` events in `events`, at least one
+/// page: the pages of a full read are then all full.
+fn whole_pages(page_size: usize, events: usize) -> usize {
+    page_size * (events / page_size).max(1)
+}
+
+/// Reads the global log in order, one page at a time, and reads ahead while
+/// the caller works on the current page.
 ///
 /// This is how the [`ProjectionRunner`](crate::ProjectionRunner) follows the
 /// log; use it directly for any other reader of the whole log (an export, a
-/// relay of your own). After a full page the reader starts reading the next
-/// one on a tokio task, so that the store prepares page *n* + 1 while the
-/// caller decodes and handles page *n*; after a page that was not full (the
-/// reader reached the end of the log) it reads nothing until asked.
+/// relay of your own). The reader asks the store for about
+/// [`DEFAULT_READ_SIZE`] events at a time (whole pages, at least one; see
+/// [`read_size`](Self::read_size)) and hands them out a page at a time:
+/// a store's read costs much the same for a few events as for thousands, so
+/// a catch-up with small pages still reads in large chunks. After a full
+/// chunk the reader starts reading the next one on a tokio task, so that the
+/// store prepares it while the caller decodes and handles the pages of this
+/// one; after a chunk that was not full (the reader reached the end of the
+/// log) it reads nothing until asked. At most two chunks are held in memory.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -48,7 +65,12 @@ pub struct LogReader<S: ?Sized> {
     store: Arc<S>,
     filter: Arc<EventFilter>,
     page_size: usize,
+    read_size: usize,
+    /// Where the last page returned ends.
     next: Position,
+    /// Events read and not yet returned, and where their chunk ends.
+    buffered: VecDeque<RecordedEvent>,
+    buffered_next: Position,
     ahead: Option<JoinHandle<Result<LogSlice>>>,
 }
 
@@ -59,13 +81,27 @@ where
     /// A reader of the events after `after` that pass `filter`, at most
     /// `page_size` (at least 1) per page.
     pub fn new(store: Arc<S>, after: Position, filter: EventFilter, page_size: usize) -> Self {
+        let page_size = page_size.max(1);
         Self {
             store,
             filter: Arc::new(filter),
-            page_size: page_size.max(1),
+            page_size,
+            read_size: whole_pages(page_size, DEFAULT_READ_SIZE),
             next: after,
+            buffered: VecDeque::new(),
+            buffered_next: after,
             ahead: None,
         }
+    }
+
+    /// About how many events to ask the store for at once: the most whole
+    /// pages that fit in `events`, at least one page. Larger reads make a
+    /// catch-up faster and hold more events in memory (two reads' worth at
+    /// most); [`DEFAULT_READ_SIZE`] unless set.
+    #[must_use]
+    pub fn read_size(mut self, events: usize) -> Self {
+        self.read_size = whole_pages(self.page_size, events);
+        self
     }
 
     /// Where the next page starts: the `next` of the last page returned.
@@ -73,12 +109,14 @@ where
         self.next
     }
 
-    /// Moves the reader: the next page starts after `after`. A page read
-    /// ahead from elsewhere is dropped.
+    /// Moves the reader: the next page starts after `after`. Events read
+    /// ahead from elsewhere are dropped.
     pub fn seek(&mut self, after: Position) {
         if after != self.next {
             self.cancel();
+            self.buffered.clear();
             self.next = after;
+            self.buffered_next = after;
         }
     }
 
@@ -86,7 +124,28 @@ where
     /// events when none are readable after [`position`](Self::position)
     /// yet. The reader then stands at the page's `next`.
     pub async fn next_page(&mut self) -> Result<LogSlice> {
-        let slice = match self.ahead.take() {
+        if self.buffered.is_empty() {
+            self.read_chunk().await?;
+        }
+        let take = self.page_size.min(self.buffered.len());
+        let events: Vec<RecordedEvent> = self.buffered.drain(..take).collect();
+        // A page that ends inside the chunk ends at its last event; the
+        // chunk's last page ends where the store's read did (past events a
+        // filter dropped).
+        self.next = match events.last() {
+            Some(last) if !self.buffered.is_empty() => last.position,
+            _ => self.buffered_next,
+        };
+        Ok(LogSlice {
+            events,
+            next: self.next,
+        })
+    }
+
+    /// Reads the next chunk into the buffer (the one read ahead, if any),
+    /// and starts reading the one after it when this one is full.
+    async fn read_chunk(&mut self) -> Result<()> {
+        let chunk = match self.ahead.take() {
             Some(ahead) => ahead.await.map_err(|error| {
                 Error::store(
                     format!("the read of the log after position {} ended", self.next),
@@ -95,20 +154,21 @@ where
             })??,
             None => {
                 self.store
-                    .read_all(self.next, &self.filter, self.page_size)
+                    .read_all(self.next, &self.filter, self.read_size)
                     .await?
             }
         };
-        self.next = slice.next;
-        if slice.events.len() >= self.page_size {
+        if chunk.events.len() >= self.read_size {
             let store = Arc::clone(&self.store);
             let filter = Arc::clone(&self.filter);
-            let (after, limit) = (self.next, self.page_size);
+            let (after, limit) = (chunk.next, self.read_size);
             self.ahead = Some(tokio::spawn(async move {
                 store.read_all(after, &filter, limit).await
             }));
         }
-        Ok(slice)
+        self.buffered = chunk.events.into();
+        self.buffered_next = chunk.next;
+        Ok(())
     }
 }
 
@@ -124,5 +184,20 @@ impl<S: ?Sized> LogReader<S> {
 impl<S: ?Sized> Drop for LogReader<S> {
     fn drop(&mut self) {
         self.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_pages;
+
+    #[test]
+    fn reads_are_whole_pages_and_at_least_one() {
+        assert_eq!(whole_pages(1000, 4096), 4000);
+        assert_eq!(whole_pages(500, 4096), 4000);
+        assert_eq!(whole_pages(3, 4096), 4095);
+        assert_eq!(whole_pages(5000, 4096), 5000);
+        assert_eq!(whole_pages(2, 1), 2);
+        assert_eq!(whole_pages(1, 4096), 4096);
     }
 }

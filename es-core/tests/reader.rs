@@ -1,7 +1,7 @@
-//! The log reader: pages in order, the page read ahead, events appended
-//! after the reader reached the end, filters and seeks. (A failing read
-//! ahead is tested with the repository's fault-injecting store, in
-//! `repository.rs`.)
+//! The log reader: pages in order, reads of several pages handed out a page
+//! at a time, the read ahead, events appended after the reader reached the
+//! end, filters and seeks. (A failing read ahead is tested with the
+//! repository's fault-injecting store, in `repository.rs`.)
 
 use std::sync::Arc;
 
@@ -70,7 +70,9 @@ async fn a_reader_reads_the_whole_log_in_order_page_by_page() {
 async fn a_reader_sees_events_appended_after_it_reached_the_end() {
     let store = Arc::new(InMemoryStore::new());
     append(&store, "s-1", &["A", "A", "A", "A"]).await;
-    let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 2);
+    // One page per read: every full page starts the read of the next.
+    let mut reader =
+        LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 2).read_size(2);
     let mut seen = read_pages(&mut reader, 2).await;
     // The second page was full: the third is being read ahead, maybe
     // before these two events exist.
@@ -98,7 +100,8 @@ async fn a_filtered_reader_moves_past_events_it_does_not_want() {
 async fn seek_starts_the_next_page_elsewhere() {
     let store = Arc::new(InMemoryStore::new());
     append(&store, "s-1", &["A"; 10]).await;
-    let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 3);
+    let mut reader =
+        LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 3).read_size(3);
     let first = reader.next_page().await.unwrap();
     assert_eq!(numbers(&[first.events[0].position, first.next]), [1, 3]);
     // A page after 3 is being read ahead; the reader drops it.
@@ -108,4 +111,56 @@ async fn seek_starts_the_next_page_elsewhere() {
     reader.seek(Position(1));
     let page = reader.next_page().await.unwrap();
     assert_eq!(page.events[0].position, Position(2));
+}
+
+#[tokio::test]
+async fn a_read_of_several_pages_is_handed_out_a_page_at_a_time() {
+    let store = Arc::new(InMemoryStore::new());
+    append(&store, "s-1", &["A"; 4]).await;
+    // Reads of up to 3 pages of 2: the first read takes all 4 events.
+    let mut reader =
+        LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 2).read_size(7);
+    let first = reader.next_page().await.unwrap();
+    assert_eq!(numbers(&[first.events[0].position, first.next]), [1, 2]);
+    assert_eq!(reader.position(), Position(2));
+    // Appended after that read: handed out after the pages already read.
+    append(&store, "s-2", &["A", "A"]).await;
+    let second = reader.next_page().await.unwrap();
+    assert_eq!(numbers(&[second.events[0].position, second.next]), [3, 4]);
+    assert_eq!(read_pages(&mut reader, 2).await, [5, 6]);
+    assert!(reader.next_page().await.unwrap().events.is_empty());
+    // Seeking into read events drops them and reads again from there.
+    reader.seek(Position(1));
+    assert_eq!(read_pages(&mut reader, 3).await, [2, 3, 4, 5, 6]);
+    assert_eq!(reader.position(), Position(6));
+}
+
+#[tokio::test]
+async fn every_page_of_a_large_read_is_full_until_the_end_of_the_log() {
+    let store = Arc::new(InMemoryStore::new());
+    for s in 0..7 {
+        append(&store, &format!("s-{s}"), &["A", "B", "A"]).await;
+    }
+    // 5 events asked for: reads of 4 (two whole pages), and a filter.
+    let mut reader = LogReader::new(
+        Arc::clone(&store),
+        Position::START,
+        EventFilter::types(["A"]),
+        2,
+    )
+    .read_size(5);
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = reader.next_page().await.unwrap();
+        if page.events.is_empty() {
+            break;
+        }
+        sizes.push(page.events.len());
+        seen.extend(page.events.iter().map(|e| e.position.0));
+    }
+    assert_eq!(sizes, [2, 2, 2, 2, 2, 2, 2]);
+    let wanted: Vec<u64> = (1..=21).filter(|p| p % 3 != 2).collect();
+    assert_eq!(seen, wanted);
+    assert_eq!(reader.position(), Position(21));
 }

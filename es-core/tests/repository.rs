@@ -1454,7 +1454,9 @@ async fn a_log_reader_surfaces_a_failed_read_ahead_and_reads_the_page_again() {
         accounts.execute("a", deposit(amount)).await.unwrap();
     }
     *store.knobs.fail_read_all_after.lock().unwrap() = Some(Position(2));
-    let mut reader = LogReader::new(Arc::new(store), Position::START, EventFilter::all(), 2);
+    // One page per read, so that the second page is read ahead.
+    let mut reader =
+        LogReader::new(Arc::new(store), Position::START, EventFilter::all(), 2).read_size(2);
     let first = reader.next_page().await.unwrap();
     assert_eq!(first.next, Position(2));
     // The page after 2 was read ahead, and that read failed.
