@@ -1,4 +1,5 @@
-//! Following the global log page by page, with the next page read ahead.
+//! Following the global log page by page, read in chunks of several pages
+//! with the next chunk read ahead.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
