@@ -64,8 +64,6 @@ pub(crate) struct Statements {
     pub(crate) stream_version: String,
     pub(crate) read_all: String,
     pub(crate) read_all_filtered: String,
-    pub(crate) read_all_rows: String,
-    pub(crate) read_all_filtered_rows: String,
     pub(crate) read_all_unprotected: String,
     pub(crate) read_all_filtered_unprotected: String,
     pub(crate) head: String,
@@ -194,80 +192,65 @@ impl Statements {
              RETURNING version AS first_version, position AS first_position,
                        position AS last_position"
         );
-        // Every read of the log returns the page's events and two columns,
-        // read in the same statement (so with the same snapshot): `tail`, the
-        // last event below the bound, so that the cursor moves past events a
-        // filter dropped; and `pending`, whether committed events after the
-        // cursor wait for an older transaction to end (the reader then
-        // waits briefly for it, so a short transaction elsewhere does not
-        // hide a writer's own append).
-        let numbered_cols = EVENT_COLUMNS
-            .split(", ")
-            .map(|c| format!("n.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let page = |filter: &str| {
+        // Every read of the log answers, in one statement (so with one
+        // snapshot), a header row and then the page's events. The header
+        // has no event (a null position) and two columns that the events
+        // leave null: `tail`, the last event below the bound, so that the
+        // cursor moves past events a filter dropped; and `pending`, whether
+        // committed events after the cursor wait for an older transaction
+        // to end (the reader then waits briefly for it, so a short
+        // transaction elsewhere does not hide a writer's own append). The
+        // header's columns are computed once (InitPlans) and sent once; the
+        // events come straight off the log-order index, each with nulls in
+        // place of the two (nulls cost the server no conversion).
+        let page = |tail: &str, pending: &str, events: String| {
             format!(
-                "WITH page AS (
-                    SELECT {cols}, transaction_id FROM {s}.events
-                    WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin} {filter}
-                    ORDER BY transaction_id, position LIMIT $2
+                "SELECT NULL AS position, NULL AS stream_id, NULL AS version, NULL AS event_id,
+                        NULL AS event_type, NULL AS schema_version, NULL AS payload,
+                        NULL AS metadata, NULL AS recorded_at,
+                        ({tail}) AS tail, {pending} AS pending
+                 UNION ALL
+                 ({events})"
+            )
+        };
+        let tail = format!(
+            "SELECT t.position FROM {s}.events t
+             WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
+             ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1"
+        );
+        // Rows at or above the bound all come after the cursor (its event
+        // was below an earlier, lower bound).
+        let pending = format!(
+            "((SELECT p.transaction_id FROM {s}.events p WHERE p.transaction_id >= {xmin}
+               ORDER BY p.transaction_id LIMIT 1) IS NOT NULL)"
+        );
+        let protected = |filter: &str| {
+            page(
+                &tail,
+                &pending,
+                format!(
+                    "SELECT {cols}, NULL, NULL FROM {s}.events
+                     WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin} {filter}
+                     ORDER BY transaction_id, position LIMIT $2"
                 ),
-                numbered AS (
-                    SELECT page.*, row_number() OVER (ORDER BY transaction_id, position) AS rn
-                    FROM page
-                )
-                SELECT {numbered_cols}, (
-                    SELECT t.position FROM {s}.events t
-                    WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
-                    ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1
-                ) AS tail, (
-                    -- Rows at or above the bound all come after the cursor
-                    -- (its event was below an earlier, lower bound).
-                    SELECT p.transaction_id FROM {s}.events p WHERE p.transaction_id >= {xmin}
-                    ORDER BY p.transaction_id LIMIT 1
-                ) IS NOT NULL AS pending
-                FROM (SELECT) AS one LEFT JOIN numbered n ON true
-                ORDER BY n.rn"
             )
         };
-        let read_all = page("");
-        let read_all_filtered = page("AND event_type = ANY($3)");
-        // The same page, read straight off the log-order index: `tail` and
-        // `pending` are computed once (InitPlans) and repeated on every row.
-        // A page of none has no row to carry them: the reader then runs the
-        // statement above, which always returns one.
-        let rows = |filter: &str| {
-            format!(
-                "SELECT {cols}, (
-                    SELECT t.position FROM {s}.events t
-                    WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
-                    ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1
-                ) AS tail, (
-                    SELECT p.transaction_id FROM {s}.events p WHERE p.transaction_id >= {xmin}
-                    ORDER BY p.transaction_id LIMIT 1
-                ) IS NOT NULL AS pending
-                FROM {s}.events
-                WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin} {filter}
-                ORDER BY transaction_id, position LIMIT $2"
-            )
-        };
-        let read_all_rows = rows("");
-        let read_all_filtered_rows = rows("AND event_type = ANY($3)");
+        let read_all = protected("");
+        let read_all_filtered = protected("AND event_type = ANY($3)");
         // Without gap protection (only for the test that shows why it is
         // needed): plain position order, which skips late commits.
-        let page_unprotected = |filter: &str| {
-            format!(
-                "WITH page AS (
-                    SELECT {cols} FROM {s}.events
-                    WHERE position > $1 {filter} ORDER BY position LIMIT $2
-                )
-                SELECT page.*, (SELECT max(position) FROM {s}.events) AS tail, false AS pending
-                FROM (SELECT) AS one LEFT JOIN page ON true ORDER BY page.position"
+        let unprotected = |filter: &str| {
+            page(
+                &format!("SELECT max(position) FROM {s}.events"),
+                "false",
+                format!(
+                    "SELECT {cols}, NULL, NULL FROM {s}.events
+                     WHERE position > $1 {filter} ORDER BY position LIMIT $2"
+                ),
             )
         };
-        let read_all_unprotected = page_unprotected("");
-        let read_all_filtered_unprotected = page_unprotected("AND event_type = ANY($3)");
+        let read_all_unprotected = unprotected("");
+        let read_all_filtered_unprotected = unprotected("AND event_type = ANY($3)");
         let head = format!(
             "SELECT (SELECT position FROM {s}.events WHERE transaction_id < {xmin}
                      ORDER BY transaction_id DESC, position DESC LIMIT 1) AS head,
@@ -325,8 +308,6 @@ impl Statements {
             ),
             read_all,
             read_all_filtered,
-            read_all_rows,
-            read_all_filtered_rows,
             read_all_unprotected,
             read_all_filtered_unprotected,
             head,

@@ -482,8 +482,8 @@ impl PgEventStore {
 
     /// Runs one of the statements that read a page of the global log into
     /// `events`, turning each row into an event as it arrives (while the
-    /// server still sends the rest). Answers the statement's `tail` and
-    /// `pending` (the same on every row), or `None` when it returned no row.
+    /// server still sends the rest). Answers the header row's `tail` and
+    /// `pending`.
     async fn fetch_page(
         &self,
         statement: &str,
@@ -491,7 +491,7 @@ impl PgEventStore {
         limit: i64,
         filter: &EventFilter,
         events: &mut Vec<RecordedEvent>,
-    ) -> Result<Option<(Option<i64>, bool)>> {
+    ) -> Result<(Option<i64>, bool)> {
         let context = || format!("cannot read the global log after position {after}");
         let mut query = sqlx::query(statement)
             .bind(to_i64(after.0, "position")?)
@@ -501,23 +501,25 @@ impl PgEventStore {
         }
         let mut rows = query.fetch(&self.shared.pool);
         let mut reader = EventReader::default();
-        let mut ends = None;
+        let mut header = None;
         while let Some(row) = rows.next().await {
             let row = row.map_err(db_error_in(&context))?;
-            if ends.is_none() {
-                ends = Some((
+            // The header is the row without an event (a null position).
+            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
+            if position.is_some() {
+                events.push(reader.read(&row)?);
+            } else {
+                header = Some((
                     row.try_get::<Option<i64>, _>("tail")
                         .map_err(db_error_in(&context))?,
                     row.try_get("pending").map_err(db_error_in(&context))?,
                 ));
             }
-            // The empty page's one row has no event (a null position).
-            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
-            if position.is_some() {
-                events.push(reader.read(&row)?);
-            }
         }
-        Ok(ends)
+        header.ok_or_else(|| Error::Store {
+            message: format!("{}: the page has no header row", context()),
+            source: None,
+        })
     }
 
     async fn read_all_impl(
@@ -536,32 +538,19 @@ impl PgEventStore {
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = &self.shared.sql;
         let protected = self.shared.gap_protection;
-        // `rows` reads a page straight off the index; `page` also answers
-        // when the page is empty. Both are one statement, one snapshot.
-        let (rows_statement, page_statement) = match (&filter.event_types, protected) {
-            (None, true) => (Some(&sql.read_all_rows), &sql.read_all),
-            (None, false) => (None, &sql.read_all_unprotected),
-            (Some(_), true) => (Some(&sql.read_all_filtered_rows), &sql.read_all_filtered),
-            (Some(_), false) => (None, &sql.read_all_filtered_unprotected),
+        let statement = match (&filter.event_types, protected) {
+            (None, true) => &sql.read_all,
+            (None, false) => &sql.read_all_unprotected,
+            (Some(_), true) => &sql.read_all_filtered,
+            (Some(_), false) => &sql.read_all_filtered_unprotected,
         };
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_millis(1);
         loop {
             slice.events.clear();
-            let mut ends = None;
-            if let Some(statement) = rows_statement {
-                ends = self
-                    .fetch_page(statement, after, limit_i64, filter, &mut slice.events)
-                    .await?;
-            }
-            if ends.is_none() {
-                // There is always one row (the `page` statement answers a
-                // page of none with one row of NULLs).
-                ends = self
-                    .fetch_page(page_statement, after, limit_i64, filter, &mut slice.events)
-                    .await?;
-            }
-            let (tail, pending) = ends.unwrap_or((None, false));
+            let (tail, pending) = self
+                .fetch_page(statement, after, limit_i64, filter, &mut slice.events)
+                .await?;
             if slice.events.len() < limit && pending && waited < PENDING_WAIT {
                 // Committed events wait for an older transaction, most
                 // often one that is about to end: give it a moment.
