@@ -8,7 +8,7 @@ use es_core::{
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
 use sqlx::Postgres;
-use sqlx::Row;
+use sqlx::{Row, ValueRef};
 use uuid::Uuid;
 
 /// A stored number (`bigint`) as a version or position.
@@ -235,6 +235,12 @@ pub(crate) fn db_error(message: impl Into<String>) -> impl FnOnce(sqlx::Error) -
 /// only when there is an error (for the paths taken once per row).
 pub(crate) fn db_error_in(context: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> Error {
     move |source| Error::store(context(), source)
+}
+
+/// Whether a row's column `index` is null (read without decoding it: the
+/// statements that mix events with another row tell it by a null position).
+pub(crate) fn is_null(row: &PgRow, index: usize) -> std::result::Result<bool, sqlx::Error> {
+    Ok(row.try_get_raw(index)?.is_null())
 }
 
 /// Reads a stored event from a row whose first columns are those of

@@ -22,7 +22,7 @@ use crate::inline::{InlineHandler, InlineProjection};
 use crate::lease::Lease;
 use crate::notify::Signals;
 use crate::row::{
-    committed_from_row, db_error, db_error_in, event_from_row, metadata_json, recorded,
+    committed_from_row, db_error, db_error_in, event_from_row, is_null, metadata_json, recorded,
     stored_schema_version, to_i32, to_i64, to_u64, EventColumns, EventReader,
 };
 use crate::sql::Statements;
@@ -505,8 +505,7 @@ impl PgEventStore {
         while let Some(row) = rows.next().await {
             let row = row.map_err(db_error_in(&context))?;
             // The header is the row without an event (a null position).
-            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
-            if position.is_some() {
+            if !is_null(&row, 0).map_err(db_error_in(&context))? {
                 events.push(reader.read(&row)?);
             } else {
                 header = Some((
@@ -1037,8 +1036,8 @@ impl SnapshotStore for PgEventStore {
         let mut in_order = InVersionOrder::new(Version::INITIAL);
         while let Some(row) = rows.next().await {
             let row = row.map_err(db_error_in(&context))?;
-            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
-            let is_snapshot = position.is_none();
+            // The snapshot's row has no position.
+            let is_snapshot = is_null(&row, 0).map_err(db_error_in(&context))?;
             if is_snapshot && started {
                 return Err(Error::Store {
                     message: format!("{}: the snapshot came after events", context()),
