@@ -95,6 +95,18 @@ fn cursor(s: &str) -> String {
     )
 }
 
+/// `LIMIT` by the parameter `param`, read in a sub-select that the planner
+/// cannot see into. Not knowing the page's size, it plans for a small share
+/// of the rows that match, so a page always comes off the index in the
+/// read's order, from where the read starts to the page's end. Seeing a page
+/// larger than the rows it expects to match (after a log cursor it cannot
+/// see either, or in a stream that grew since the table's statistics were
+/// taken), it would read and sort every matching row instead: a cost that
+/// grows with the log or the stream, not with the page.
+fn limit_by(param: &str) -> String {
+    format!("LIMIT (SELECT {param}::int8)")
+}
+
 impl Statements {
     /// Renders every statement for a schema that passed [`validate_schema`].
     pub(crate) fn new(schema: &str) -> Result<Self> {
@@ -224,6 +236,7 @@ impl Statements {
             "((SELECT p.transaction_id FROM {s}.events p WHERE p.transaction_id >= {xmin}
                ORDER BY p.transaction_id LIMIT 1) IS NOT NULL)"
         );
+        let limit = limit_by("$2");
         let protected = |filter: &str| {
             page(
                 &tail,
@@ -231,7 +244,7 @@ impl Statements {
                 format!(
                     "SELECT {cols}, NULL, NULL FROM {s}.events
                      WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin} {filter}
-                     ORDER BY transaction_id, position LIMIT $2"
+                     ORDER BY transaction_id, position {limit}"
                 ),
             )
         };
@@ -245,7 +258,7 @@ impl Statements {
                 "false",
                 format!(
                     "SELECT {cols}, NULL, NULL FROM {s}.events
-                     WHERE position > $1 {filter} ORDER BY position LIMIT $2"
+                     WHERE position > $1 {filter} ORDER BY position {limit}"
                 ),
             )
         };
@@ -301,7 +314,8 @@ impl Statements {
             ),
             read_stream: format!(
                 "SELECT {cols} FROM {s}.events WHERE stream_id = $1 AND version >= $2
-                 ORDER BY version LIMIT $3"
+                 ORDER BY version {}",
+                limit_by("$3")
             ),
             stream_version: format!(
                 "SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1"
