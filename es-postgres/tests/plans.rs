@@ -57,7 +57,20 @@ fn counted(count: usize) -> Vec<NewEvent> {
         .collect()
 }
 
-async fn analyze(store: &PgEventStore) {
+/// Appends `STREAMS` streams of `PER_STREAM` events, then has the table's
+/// statistics taken, as they are in production: the planner knows its size.
+async fn fill(store: &PgEventStore) {
+    for s in 0..STREAMS {
+        store
+            .append(
+                &StreamId::new(format!("counter-{s}")),
+                ExpectedVersion::NoStream,
+                counted(PER_STREAM),
+                &AppendOptions::default(),
+            )
+            .await
+            .expect("append");
+    }
     sqlx::query(&format!("ANALYZE \"{}\".events", store.schema()))
         .execute(store.pool())
         .await
@@ -69,19 +82,7 @@ async fn a_large_page_reads_the_index_up_to_its_end_only() {
     // One connection: the reads and the statistics share a backend, and
     // each statement is planned afresh for its parameters there.
     common::with_store(PgStoreOptions::new(), 1, |store| async move {
-        for s in 0..STREAMS {
-            store
-                .append(
-                    &StreamId::new(format!("counter-{s}")),
-                    ExpectedVersion::NoStream,
-                    counted(PER_STREAM),
-                    &AppendOptions::default(),
-                )
-                .await
-                .expect("append");
-        }
-        // Statistics as they are in production: the planner knows the size.
-        analyze(&store).await;
+        fill(&store).await;
         // A quarter of the log in one page: far more than the planner
         // expects to match a cursor it cannot see.
         let limit = STREAMS * PER_STREAM / 4;
@@ -100,18 +101,7 @@ async fn a_large_page_reads_the_index_up_to_its_end_only() {
 #[tokio::test]
 async fn a_large_page_of_a_stream_reads_the_index_up_to_its_end_only() {
     common::with_store(PgStoreOptions::new(), 1, |store| async move {
-        for s in 0..STREAMS {
-            store
-                .append(
-                    &StreamId::new(format!("counter-{s}")),
-                    ExpectedVersion::NoStream,
-                    counted(PER_STREAM),
-                    &AppendOptions::default(),
-                )
-                .await
-                .expect("append");
-        }
-        analyze(&store).await;
+        fill(&store).await;
         // The stream grows twentyfold after the statistics were taken: the
         // planner still expects a thousand events in it.
         let stream = StreamId::new("counter-0");
