@@ -104,6 +104,13 @@
 //! committed). Positions of sequential appends grow; positions of concurrent
 //! appends may come in the log out of numeric order.
 //!
+//! **Pages.** A page of the log is one statement, so one snapshot and one
+//! round trip, also when it is empty: it walks the `(transaction id,
+//! position)` index from the cursor to the page's end, so a page costs its
+//! size whatever the length of the log (the page's size is kept from the
+//! planner, which would otherwise sort the rest of the log for a page larger
+//! than it expects).
+//!
 //! **What it costs.** A reader waits for the oldest transaction still
 //! running *anywhere on the server* (transaction ids are server-wide) that
 //! had a transaction id when the reader looked. A transaction that stays
