@@ -186,6 +186,28 @@
 //! Payloads and metadata are stored as `json` (kept as written; cast to
 //! `jsonb` in queries that need operators).
 //!
+//! # Connection poolers
+//!
+//! Connect the store to PostgreSQL directly or through a pooler in *session*
+//! mode (PgBouncer's `pool_mode = session`). *Transaction* mode is not
+//! supported: the pooler hands a server session to other clients between
+//! transactions, and what needs a session of its own breaks:
+//!
+//! - **Migrations**, which every open runs, take a session advisory lock (two
+//!   processes opening a new schema take turns) and set the session's
+//!   `search_path`; a lock left on a session the pooler keeps would block
+//!   the next open.
+//! - **Leases** hold a session advisory lock on their own connection; it no
+//!   longer says which replica runs a projection.
+//! - **Wake-ups** `LISTEN` on a connection of their own; notifications would
+//!   be lost (readers would still see every event, on their next poll,
+//!   [`PgStoreOptions::poll_interval`]).
+//! - **Prepared statements**: sqlx prepares each statement once per
+//!   connection, which a pooler in transaction mode must track (PgBouncer
+//!   1.21 or later with `max_prepared_statements` set).
+//!
+//! Gap safety depends on nothing but the server's snapshots, in any mode.
+//!
 //! # Shutting down
 //!
 //! [`PgEventStore::close`] announces the process's last appends to the other
