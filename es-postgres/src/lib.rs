@@ -195,7 +195,7 @@
 //!
 //! - **Migrations**, which every open runs, take a session advisory lock (two
 //!   processes opening a new schema take turns) and set the session's
-//!   `search_path`; a lock left on a session the pooler keeps would block
+//!   `search_path`; a lock left on a session the pooler keeps could block
 //!   the next open.
 //! - **Leases** hold a session advisory lock on their own connection; it no
 //!   longer says which replica runs a projection.
