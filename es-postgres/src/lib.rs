@@ -8,7 +8,11 @@
 //! in. It uses sqlx with queries checked at run time (no database is needed
 //! to build), runs its own embedded migrations ([`MIGRATOR`]) in a schema of
 //! its own (`es` unless [`PgStoreOptions::schema`] says otherwise), and
-//! passes the es-core conformance suite.
+//! passes the es-core conformance suite. An application whose database role
+//! may not change the schema opens the store with
+//! [`PgStoreOptions::run_migrations`]`(false)` after a deploy step ran
+//! [`PgStoreOptions::migrate`]: the store then checks that every migration
+//! was applied, unchanged, and names those that were not.
 //!
 //! It also implements [`Inbox`](es_core::Inbox) in [`PgTx`]: a consumer of
 //! events from outside the store (a Kafka topic, say) claims each event in
@@ -193,10 +197,11 @@
 //! supported: the pooler hands a server session to other clients between
 //! transactions, and what needs a session of its own breaks:
 //!
-//! - **Migrations**, which every open runs, take a session advisory lock (two
-//!   processes opening a new schema take turns) and set the session's
-//!   `search_path`; a lock left on a session the pooler keeps could block
-//!   the next open.
+//! - **Migrations** take a session advisory lock (two processes migrating a
+//!   schema take turns) and set the session's `search_path`; a lock left on
+//!   a session the pooler keeps could block the next migration. (A store
+//!   opened with [`PgStoreOptions::run_migrations`]`(false)` only reads
+//!   which migrations were applied.)
 //! - **Leases** hold a session advisory lock on their own connection; it no
 //!   longer says which replica runs a projection.
 //! - **Wake-ups** `LISTEN` on a connection of their own; notifications would

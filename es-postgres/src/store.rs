@@ -29,8 +29,9 @@ use crate::sql::Statements;
 use crate::tx::PgTx;
 
 /// The store's migrations, embedded in the binary. [`PgEventStore`] runs
-/// them on open, inside its schema; they are exposed for tools that want to
-/// run or inspect them separately.
+/// them on open, inside its schema (or only checks them, with
+/// [`PgStoreOptions::run_migrations`]; [`PgStoreOptions::migrate`] runs them
+/// alone); they are exposed for tools that want to inspect them.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// How many times an append with [`ExpectedVersion::Any`] is tried again
@@ -63,6 +64,7 @@ pub struct PgStoreOptions {
     notify_interval: Duration,
     max_connections: u32,
     gap_protection: bool,
+    run_migrations: bool,
 }
 
 impl Default for PgStoreOptions {
@@ -81,6 +83,7 @@ impl PgStoreOptions {
             notify_interval: Duration::from_millis(50),
             max_connections: 10,
             gap_protection: true,
+            run_migrations: true,
         }
     }
 
@@ -127,6 +130,41 @@ impl PgStoreOptions {
         self
     }
 
+    /// Whether opening the store migrates its schema (the default), or
+    /// only checks that every migration of this version of the store was
+    /// applied to it, unchanged, and fails naming those that were not. Turn
+    /// it off when the application's database role may not change the
+    /// schema, and migrate in a deploy step with [`migrate`](Self::migrate).
+    ///
+    /// ```no_run
+    /// # async fn deploy(admin: sqlx::PgPool, app: sqlx::PgPool) -> es_core::Result<()> {
+    /// use es_postgres::PgStoreOptions;
+    ///
+    /// // The deploy step, as a role that owns the schema:
+    /// PgStoreOptions::new().schema("orders").migrate(&admin).await?;
+    /// // The application, as a role that may only read and write rows:
+    /// let store = PgStoreOptions::new()
+    ///     .schema("orders")
+    ///     .run_migrations(false)
+    ///     .open(app)
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn run_migrations(mut self, run: bool) -> Self {
+        self.run_migrations = run;
+        self
+    }
+
+    /// Creates the schema if missing and runs the migrations in it, without
+    /// opening a store: for a deploy step (see
+    /// [`run_migrations`](Self::run_migrations)). Two processes migrating
+    /// the same schema at once take turns.
+    pub async fn migrate(&self, pool: &PgPool) -> Result<()> {
+        migrate(pool, &Statements::new(&self.schema)?).await
+    }
+
     /// Turns the gap protection of the global log off: readers then follow
     /// plain position order and skip events whose transaction commits after
     /// a later position became visible. Exists only so a test can show that
@@ -149,10 +187,14 @@ impl PgStoreOptions {
     }
 
     /// Opens the store on a pool: creates the schema if missing and runs the
-    /// migrations in it.
+    /// migrations in it (or checks them: [`run_migrations`](Self::run_migrations)).
     pub async fn open(self, pool: PgPool) -> Result<PgEventStore> {
         let sql = Statements::new(&self.schema)?;
-        migrate(&pool, &sql).await?;
+        if self.run_migrations {
+            migrate(&pool, &sql).await?;
+        } else {
+            check_migrated(&pool, &sql.schema).await?;
+        }
         Ok(PgEventStore {
             shared: Arc::new(Shared {
                 notify_sql: Arc::from(sql.notify.as_str()),
@@ -197,6 +239,69 @@ async fn migrate(pool: &PgPool, sql: &Statements) -> Result<()> {
         .run_direct(&mut *conn)
         .await
         .map_err(|source| Error::store(format!("cannot migrate schema `{schema}`"), source))?;
+    Ok(())
+}
+
+/// Checks that every embedded migration was applied to `schema`, with the
+/// checksum it has here, and no migration this version does not know of
+/// (the same rules as running them).
+async fn check_migrated(pool: &PgPool, schema: &str) -> Result<()> {
+    let not_ready = |what: String| Error::Store {
+        message: format!(
+            "schema `{schema}` is not ready for this version of the store: {what}; \
+             migrate it (PgStoreOptions::migrate) or open the store with migrations on"
+        ),
+        source: None,
+    };
+    let applied: Vec<(i64, Vec<u8>)> = match sqlx::query_as(&format!(
+        "SELECT version, checksum FROM \"{schema}\"._sqlx_migrations WHERE success"
+    ))
+    .fetch_all(pool)
+    .await
+    {
+        Ok(applied) => applied,
+        // No schema, or no migration table in it.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("3F000" | "42P01")) => {
+            return Err(not_ready("it was never migrated".to_owned()));
+        }
+        Err(e) => {
+            return Err(Error::store(
+                format!("cannot read the migrations applied to schema `{schema}`"),
+                e,
+            ))
+        }
+    };
+    let applied: BTreeMap<i64, Vec<u8>> = applied.into_iter().collect();
+    let mut missing = Vec::new();
+    for migration in MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+    {
+        match applied.get(&migration.version) {
+            None => missing.push(format!("{} ({})", migration.version, migration.description)),
+            Some(checksum) if checksum.as_slice() != &*migration.checksum => {
+                return Err(not_ready(format!(
+                    "migration {} ({}) was changed after it was applied",
+                    migration.version, migration.description
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(not_ready(format!(
+            "migrations {} are missing",
+            missing.join(", ")
+        )));
+    }
+    if let Some(unknown) = applied
+        .keys()
+        .find(|v| MIGRATOR.iter().all(|m| m.version != **v))
+    {
+        return Err(not_ready(format!(
+            "it has migration {unknown}, which this version does not know of"
+        )));
+    }
     Ok(())
 }
 
