@@ -290,8 +290,8 @@ async fn check_migrated(pool: &PgPool, schema: &str) -> Result<()> {
     }
     if !missing.is_empty() {
         return Err(not_ready(format!(
-            "migrations {} are missing",
-            missing.join(", ")
+            "not applied: migration {}",
+            missing.join(", migration ")
         )));
     }
     if let Some(unknown) = applied
