@@ -181,10 +181,6 @@ async fn a_role_that_may_only_write_rows_opens_a_migrated_store() {
     for grant in [
         format!("CREATE ROLE \"{role}\" LOGIN"),
         format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\""),
-        format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\""
-        ),
-        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\""),
     ] {
         execute(&admin, &grant).await;
     }
@@ -198,6 +194,20 @@ async fn a_role_that_may_only_write_rows_opens_a_migrated_store() {
         )
         .await
         .expect("connect as the application role");
+    // Without rights to the tables, not even the check can read them.
+    let unreadable = checked(&schema)
+        .open(app.clone())
+        .await
+        .err()
+        .map(|e| e.to_string());
+    for grant in [
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\""
+        ),
+        format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\""),
+    ] {
+        execute(&admin, &grant).await;
+    }
     // Migrating needs rights the role does not have.
     let migrating = PgStoreOptions::new()
         .schema(schema.clone())
@@ -214,6 +224,13 @@ async fn a_role_that_may_only_write_rows_opens_a_migrated_store() {
     common::drop_schema(&schema).await;
     execute(&admin, &format!("DROP OWNED BY \"{role}\"")).await;
     execute(&admin, &format!("DROP ROLE \"{role}\"")).await;
+    let unreadable = unreadable.expect("the check read tables it may not read");
+    assert!(
+        unreadable.contains(&format!(
+            "cannot read the migrations applied to schema `{schema}`"
+        )),
+        "{unreadable}"
+    );
     let migrating = migrating.expect("the role migrated the schema");
     assert!(migrating.contains("cannot create schema"), "{migrating}");
     opened.expect("open as the application role");
