@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use es_core::{
     AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, Error, EventFilter,
     EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Replay,
@@ -23,7 +23,7 @@ use crate::lease::Lease;
 use crate::notify::Signals;
 use crate::row::{
     committed_from_row, db_error, db_error_in, event_from_row, is_null, metadata_json, recorded,
-    stored_schema_version, to_i32, to_i64, to_u64, EventColumns, EventReader,
+    stored_schema_version, timestamp, to_i32, to_i64, to_u64, EventColumns, EventReader,
 };
 use crate::sql::Statements;
 use crate::tx::PgTx;
@@ -823,7 +823,7 @@ fn snapshot_from_row(stream_id: &StreamId, row: &PgRow) -> Result<Snapshot> {
     let state: &str = row
         .try_get_unchecked("payload")
         .map_err(db_error_in(&context))?;
-    let taken_at: DateTime<Utc> = row.try_get("taken_at").map_err(db_error_in(&context))?;
+    let taken_at = timestamp(row, "taken_at").map_err(db_error_in(&context))?;
     Ok(Snapshot {
         stream_id: stream_id.clone(),
         version: Version(to_u64(version, "version")?),
@@ -1274,7 +1274,7 @@ impl CheckpointStore for PgEventStore {
                     projection: projection.to_owned(),
                     event: event_from_row(row)?,
                     error: row.try_get("error").map_err(db_error_in(&context))?,
-                    parked_at: row.try_get("parked_at").map_err(db_error_in(&context))?,
+                    parked_at: timestamp(row, "parked_at").map_err(db_error_in(&context))?,
                 })
             })
             .collect()
