@@ -161,6 +161,7 @@ impl ResetProjection for Rows {
 
 struct Bench {
     pool: PgPool,
+    url: String,
     next: u32,
 }
 
@@ -240,9 +241,41 @@ struct FloorAdded {
 const W1_COMMANDS: u64 = 10_000;
 const W1_AGGREGATES: u64 = 1_000;
 
-async fn w1(b: &mut Bench, tasks: u64, floor: bool, cache: bool) -> Res<f64> {
+/// Who runs the commands of W1 and W2.
+#[derive(Clone, Copy, PartialEq)]
+enum Runner {
+    /// Plain sqlx (the floor).
+    Floor,
+    /// The repository, on the bench's pool (the floor's, sqlx's defaults).
+    Repository,
+    /// The same with its state cache on.
+    Cached,
+    /// The same on a pool the store builds (`PgStoreOptions::connect`).
+    OwnPool,
+}
+
+/// The floor, or the repository on the bench's pool.
+fn runner(floor: bool) -> Runner {
+    if floor {
+        Runner::Floor
+    } else {
+        Runner::Repository
+    }
+}
+
+async fn w1(b: &mut Bench, tasks: u64, runner: Runner) -> Res<f64> {
     let (store, schema) = b.schema().await?;
-    let repo = if cache {
+    let store = if runner == Runner::OwnPool {
+        PgStoreOptions::new()
+            .schema(schema.clone())
+            .max_connections(16)
+            .connect(&b.url)
+            .await?
+    } else {
+        store
+    };
+    let floor = runner == Runner::Floor;
+    let repo = if runner == Runner::Cached {
         Repository::<Tick, _>::new(store.clone()).with_cache(W1_AGGREGATES as usize)
     } else {
         Repository::<Tick, _>::new(store.clone())
@@ -625,6 +658,7 @@ async fn main() -> Res<()> {
     println!("PostgreSQL settings: {}", settings.join(", "));
     let mut b = Bench {
         pool: pool.clone(),
+        url: url.clone(),
         next: 0,
     };
     // `--only w1 w5 …` runs just those workloads.
@@ -636,19 +670,25 @@ async fn main() -> Res<()> {
     let started = Instant::now();
     let mut rows: Vec<(&str, Stat, Option<Stat>, &str)> = Vec::new();
     if wanted("w1") {
-        let (fw, floor) = paired(&mut b, async |b, floor| w1(b, 1, floor, false).await).await?;
-        let cached = three(&mut b, async |b| w1(b, 1, false, true).await).await?;
-        let floor_again = floor.clone();
-        rows.push(("W1 commands/s, 1 task", fw, Some(floor), "≥ 0.90"));
+        let (fw, floor) = paired(&mut b, async |b, floor| w1(b, 1, runner(floor)).await).await?;
+        let cached = three(&mut b, async |b| w1(b, 1, Runner::Cached).await).await?;
+        let own_pool = three(&mut b, async |b| w1(b, 1, Runner::OwnPool).await).await?;
+        rows.push(("W1 commands/s, 1 task", fw, Some(floor.clone()), "≥ 0.90"));
         rows.push((
             "W1 with the state cache on",
             cached,
-            Some(floor_again),
+            Some(floor.clone()),
             "> 1.00",
+        ));
+        rows.push((
+            "W1 on the store's own pool (`connect`)",
+            own_pool,
+            Some(floor),
+            "",
         ));
     }
     if wanted("w2") {
-        let (fw, floor) = paired(&mut b, async |b, floor| w1(b, 8, floor, false).await).await?;
+        let (fw, floor) = paired(&mut b, async |b, floor| w1(b, 8, runner(floor)).await).await?;
         rows.push(("W2 commands/s, 8 tasks", fw, Some(floor), "≥ 0.90"));
     }
     if wanted("w3") {

@@ -14,7 +14,7 @@ use es_core::{
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
@@ -41,6 +41,10 @@ const ANY_VERSION_ATTEMPTS: usize = 16;
 /// How long a read of the log's end waits for older transactions to end
 /// when committed events wait behind them.
 const PENDING_WAIT: Duration = Duration::from_millis(100);
+
+/// A connection of the pool that [`PgStoreOptions::connect`] builds is
+/// checked before it is handed out when it sat idle for this long.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Options of a [`PgEventStore`]: its schema, how often it tells other
 /// processes of its appends, the polling fallback of waiting readers, and
@@ -176,10 +180,54 @@ impl PgStoreOptions {
         self
     }
 
-    /// Builds a pool for `url` and opens the store on it.
-    pub async fn connect(self, url: &str) -> Result<PgEventStore> {
-        let pool = PgPoolOptions::new()
+    /// The options of the pool that [`connect`](Self::connect) builds, to
+    /// build one like it yourself (to add settings of your own, or to
+    /// share it with the application's other queries).
+    ///
+    /// sqlx checks a connection with a round trip (a ping) when it comes
+    /// back to the pool, off the caller's path, and by default checks it
+    /// again before handing it out, a round trip on the path of every
+    /// store call. This pool skips that second check for a connection that
+    /// came back within the last second, which the first check covers, and
+    /// keeps it for one that sat idle longer, so that a connection the
+    /// server dropped meanwhile (a restart, an idle timeout) is replaced
+    /// instead of failing the call. Each store call on a busy pool then
+    /// costs one round trip instead of two.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use es_postgres::PgStoreOptions;
+    ///
+    /// let options = PgStoreOptions::new().schema("orders").max_connections(20);
+    /// let pool = options
+    ///     .pool_options()
+    ///     .acquire_timeout(Duration::from_secs(5))
+    ///     .connect("postgres://app@db.internal/orders")
+    ///     .await?;
+    /// let store = options.open(pool).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pool_options(&self) -> PgPoolOptions {
+        PgPoolOptions::new()
             .max_connections(self.max_connections)
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= CHECK_IDLE_AFTER {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+    }
+
+    /// Builds a pool for `url` (see [`pool_options`](Self::pool_options))
+    /// and opens the store on it.
+    pub async fn connect(self, url: &str) -> Result<PgEventStore> {
+        let pool = self
+            .pool_options()
             .connect(url)
             .await
             .map_err(db_error("cannot connect to PostgreSQL"))?;
@@ -188,6 +236,9 @@ impl PgStoreOptions {
 
     /// Opens the store on a pool: creates the schema if missing and runs the
     /// migrations in it (or checks them: [`run_migrations`](Self::run_migrations)).
+    /// The pool keeps its own settings; one built with sqlx's defaults
+    /// checks every connection before handing it out, a round trip on each
+    /// store call that [`pool_options`](Self::pool_options) saves.
     pub async fn open(self, pool: PgPool) -> Result<PgEventStore> {
         let sql = Statements::new(&self.schema)?;
         if self.run_migrations {

@@ -1,6 +1,8 @@
 //! Faults: the backend of an append is terminated (`pg_terminate_backend`)
 //! in the middle of the append. The error surfaces, nothing of the batch is
-//! written, and the store goes on working with new connections.
+//! written, and the store goes on working with new connections. The pool
+//! the store builds replaces connections that the server dropped while they
+//! sat idle.
 
 mod common;
 
@@ -264,6 +266,87 @@ fn a_closed_store_refuses_work_and_other_processes_still_hear_of_its_appends() {
             }
             assert_eq!(other.stream_version(&stream).await.unwrap(), Version(2));
             other.close().await;
+        })
+        .await;
+    });
+}
+
+/// Waits (bounded) until the server has no backend `pid` any more.
+async fn wait_gone(store: &PgEventStore, pid: i32) {
+    for _ in 0..200 {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(store.pool())
+                .await
+                .expect("look for the backend");
+        if !alive {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("backend {pid} is still there 2 s after it was terminated");
+}
+
+#[test]
+fn the_stores_own_pool_replaces_connections_the_server_dropped_while_they_sat_idle() {
+    es_core::testkit::block_on(async {
+        common::with_store(PgStoreOptions::new(), 4, |store| async move {
+            let own = PgStoreOptions::new()
+                .schema(store.schema())
+                .max_connections(2)
+                .connect(&common::url())
+                .await
+                .expect("open a store on a pool of its own");
+            // A connection used within the last second is not checked again
+            // before it is handed out (sqlx checked it when it came back).
+            assert!(!own.pool().options().get_test_before_acquire());
+
+            // Both connections open, their backends known, back in the pool.
+            let mut held = vec![
+                own.pool().acquire().await.expect("a connection"),
+                own.pool().acquire().await.expect("a second connection"),
+            ];
+            let mut pids = Vec::new();
+            for connection in &mut held {
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut **connection)
+                    .await
+                    .expect("the backend's pid");
+                pids.push(pid);
+            }
+            drop(held);
+            for _ in 0..200 {
+                if own.pool().num_idle() == 2 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(own.pool().num_idle(), 2, "both connections are idle");
+
+            // The server drops both while they sit idle.
+            for pid in &pids {
+                assert!(terminate(&store, *pid).await);
+                wait_gone(&store, *pid).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+
+            // Every call still works, on new backends.
+            let stream = StreamId::new("idle-1");
+            own.append(
+                &stream,
+                ExpectedVersion::NoStream,
+                batch("Idle", 3, 10),
+                &AppendOptions::default(),
+            )
+            .await
+            .expect("an append after the server dropped the idle connections");
+            assert_eq!(own.stream_version(&stream).await.unwrap(), Version(3));
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(own.pool())
+                .await
+                .expect("a live connection");
+            assert!(!pids.contains(&pid), "a new backend");
         })
         .await;
     });
