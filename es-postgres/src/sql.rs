@@ -123,12 +123,14 @@ impl Statements {
                 FROM {s}.idempotency_keys WHERE $2::text IS NOT NULL AND key = $2
             ),
             current AS (
-                SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1
+                SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid
+                FROM {s}.events WHERE stream_id = $1
             ),
             inserted AS (
                 INSERT INTO {s}.events
-                    (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
-                SELECT $1, current.version + e.n, e.event_id, e.event_type, e.schema_version,
+                    (transaction_id, stream_id, version, event_id, event_type, schema_version,
+                     payload, metadata, recorded_at)
+                SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type, e.schema_version,
                        e.payload::json, e.metadata::json, e.recorded_at
                 FROM current,
                      unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::timestamptz[])
@@ -160,7 +162,10 @@ impl Statements {
         // expected version did not match (nothing was written). One
         // statement draws its positions in insertion order, which is
         // version order: the least and greatest are the first and last
-        // event's (cheaper than collecting them in order).
+        // event's (cheaper than collecting them in order). The appends
+        // compute the transaction id (and, below, metadata that every event
+        // shares) once, in the stream's sub-select, rather than per row
+        // through the column's default.
         let written = |insert: String| {
             format!(
                 "WITH written AS ({insert} RETURNING position, version)
@@ -171,10 +176,12 @@ impl Statements {
         };
         let append_plain = written(format!(
             "INSERT INTO {s}.events
-                (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
-             SELECT $1, current.version + e.n, e.event_id, e.event_type, e.schema_version,
-                    e.payload::json, e.metadata::json, e.recorded_at
-             FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current,
+                (transaction_id, stream_id, version, event_id, event_type, schema_version,
+                 payload, metadata, recorded_at)
+             SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type,
+                    e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
+             FROM (SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid
+                   FROM {s}.events WHERE stream_id = $1) AS current,
                   unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
                       WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
@@ -185,9 +192,13 @@ impl Statements {
         // sent once, as scalars; only ids and payloads go as arrays.
         let append_uniform = written(format!(
             "INSERT INTO {s}.events
-                (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
-             SELECT $1, current.version + e.n, e.event_id, $5, $6, e.payload::json, $7::json, $8
-             FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current,
+                (transaction_id, stream_id, version, event_id, event_type, schema_version,
+                 payload, metadata, recorded_at)
+             SELECT current.xid, $1, current.version + e.n, e.event_id, $5, $6, e.payload::json,
+                    current.metadata, $8
+             FROM (SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid,
+                          $7::json AS metadata
+                   FROM {s}.events WHERE stream_id = $1) AS current,
                   unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS e(event_id, payload, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
              ORDER BY e.n"

@@ -2,7 +2,8 @@
 //! total, many in transactions held open for random short times, while a
 //! subscriber follows the global log; the subscriber must receive every
 //! event exactly once, and each stream's events in version order. Three
-//! rounds, each in a fresh schema.
+//! rounds, each in a fresh schema. Every kind of append stamps its events
+//! with the id of its own, committed, transaction (the log's order).
 //!
 //! The ignored test `without_protection_the_test_catches_a_skip` runs the
 //! same workload with the gap protection switched off (plain position order)
@@ -255,6 +256,75 @@ fn without_protection_the_test_catches_a_skip() {
                 report.missing > 0,
                 "expected the unprotected reader to skip events: {report:?}"
             );
+        })
+        .await;
+    });
+}
+
+#[test]
+fn every_kind_of_append_stamps_its_events_with_its_own_committed_transaction() {
+    es_core::testkit::block_on(async {
+        common::with_store(PgStoreOptions::new(), 4, |store| async move {
+            let typed = |kind: &str, n: usize| NewEvent {
+                event_id: EventId::new(),
+                event_type: kind.to_owned(),
+                schema_version: 1,
+                payload: json!({ "n": n }).into(),
+                metadata: Metadata::correlated("stamp"),
+            };
+            // One event; several sharing type and metadata; several of
+            // different types; several under an idempotency key: each takes
+            // a path of its own through the append statements.
+            let appends: [(&str, Vec<NewEvent>, Option<&str>); 4] = [
+                ("one-1", vec![typed("A", 0)], None),
+                ("uniform-1", (0..3).map(|n| typed("A", n)).collect(), None),
+                (
+                    "mixed-1",
+                    vec![typed("A", 0), typed("B", 1), typed("C", 2)],
+                    None,
+                ),
+                (
+                    "keyed-1",
+                    (0..3).map(|n| typed("A", n)).collect(),
+                    Some("k-1"),
+                ),
+            ];
+            for (stream, events, key) in appends {
+                let options = AppendOptions {
+                    idempotency_key: key.map(str::to_owned),
+                };
+                store
+                    .append(
+                        &StreamId::new(stream),
+                        ExpectedVersion::NoStream,
+                        events,
+                        &options,
+                    )
+                    .await
+                    .expect("append");
+            }
+            let stamps: Vec<(String, i64, String, String)> = sqlx::query_as(&format!(
+                "SELECT stream_id, count(DISTINCT transaction_id),
+                        min(transaction_id::text), min(pg_xact_status(transaction_id))
+                 FROM \"{}\".events GROUP BY stream_id ORDER BY min(position)",
+                store.schema()
+            ))
+            .fetch_all(store.pool())
+            .await
+            .expect("read the transaction ids");
+            let streams: Vec<&str> = stamps.iter().map(|s| s.0.as_str()).collect();
+            assert_eq!(streams, ["one-1", "uniform-1", "mixed-1", "keyed-1"]);
+            let mut previous = 0u64;
+            for (stream, distinct, xid, status) in &stamps {
+                assert_eq!(*distinct, 1, "{stream}: one transaction per append");
+                assert_eq!(status, "committed", "{stream}: the appending transaction");
+                let xid: u64 = xid.parse().expect("a transaction id");
+                assert!(
+                    xid > previous,
+                    "{stream}: later appends, later transactions"
+                );
+                previous = xid;
+            }
         })
         .await;
     });
