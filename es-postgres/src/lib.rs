@@ -190,6 +190,16 @@
 //! Payloads and metadata are stored as `json` (kept as written; cast to
 //! `jsonb` in queries that need operators).
 //!
+//! # The pool
+//!
+//! [`PgEventStore::connect`] and [`PgStoreOptions::connect`] build a pool
+//! that checks a connection (a round trip) before handing it out only when
+//! it sat idle for over a second; sqlx checks each connection anyway as it
+//! comes back to the pool. A pool built with sqlx's defaults checks it
+//! again every time, one more round trip on each store call. To share one
+//! pool between the store and the application's own queries, or to set
+//! more options, start from [`PgStoreOptions::pool_options`].
+//!
 //! # Connection poolers
 //!
 //! Connect the store to PostgreSQL directly or through a pooler in *session*
