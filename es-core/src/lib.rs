@@ -105,7 +105,7 @@ pub use crate::projection::{
     reset_projection, BatchError, FailurePolicy, Handles, Projection, ProjectionRunner,
     ProjectionStatus, ResetProjection, RetryReport, RunningProjection,
 };
-pub use crate::reader::{LogReader, DEFAULT_READ_SIZE};
+pub use crate::reader::{LogReader, DEFAULT_READ_BYTES, DEFAULT_READ_SIZE};
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::saga::{CausingEvent, Reaction};
 pub use crate::store::{

@@ -10,10 +10,14 @@ use crate::error::{Error, Result};
 use crate::store::{EventStore, LogSlice};
 use crate::types::{EventFilter, Position, RecordedEvent};
 
-/// About how many events a [`LogReader`] asks the store for at once, unless
+/// The most events a [`LogReader`] asks the store for at once, unless
 /// [`LogReader::read_size`] says otherwise: the most whole pages that fit,
 /// and at least one page.
 pub const DEFAULT_READ_SIZE: usize = 4096;
+
+/// About how many bytes of events a [`LogReader`] asks the store for at
+/// once, unless [`LogReader::read_bytes`] says otherwise (16 MiB).
+pub const DEFAULT_READ_BYTES: usize = 16 << 20;
 
 /// The most whole pages of `page_size` events in `events`, at least one
 /// page: the pages of a full read are then all full.
@@ -21,20 +25,42 @@ fn whole_pages(page_size: usize, events: usize) -> usize {
     page_size * (events / page_size).max(1)
 }
 
+/// About how much memory a read event holds: the event and the text it
+/// owns (its stream id counted too, though events of one stream may share
+/// it).
+fn footprint(event: &RecordedEvent) -> usize {
+    let metadata = &event.metadata;
+    std::mem::size_of::<RecordedEvent>()
+        + event.stream_id.as_str().len()
+        + event.event_type.len()
+        + event.payload.as_str().len()
+        + metadata.correlation_id.as_ref().map_or(0, String::len)
+        + metadata.causation_id.as_ref().map_or(0, String::len)
+        + metadata
+            .extra
+            .iter()
+            .map(|(key, value)| key.len() + value.len())
+            .sum::<usize>()
+}
+
 /// Reads the global log in order, one page at a time, and reads ahead while
 /// the caller works on the current page.
 ///
 /// This is how the [`ProjectionRunner`](crate::ProjectionRunner) follows the
 /// log; use it directly for any other reader of the whole log (an export, a
-/// relay of your own). The reader asks the store for about
+/// relay of your own). The reader asks the store for up to
 /// [`DEFAULT_READ_SIZE`] events at a time (whole pages, at least one; see
 /// [`read_size`](Self::read_size)) and hands them out a page at a time:
 /// a store's read costs much the same for a few events as for thousands, so
-/// a catch-up with small pages still reads in large chunks. After a full
-/// chunk the reader starts reading the next one on a tokio task, so that the
-/// store prepares it while the caller decodes and handles the pages of this
-/// one; after a chunk that was not full (the reader reached the end of the
-/// log) it reads nothing until asked. At most two chunks are held in memory.
+/// a catch-up with small pages still reads in large chunks. So that large
+/// events do not fill the memory, a read also asks for no more events than
+/// fit in about [`DEFAULT_READ_BYTES`] ([`read_bytes`](Self::read_bytes)),
+/// judged by the size of the events of the last read (the first read is
+/// one page). After a full chunk the reader starts reading the next one on
+/// a tokio task, so that the store prepares it while the caller decodes and
+/// handles the pages of this one; after a chunk that was not full (the
+/// reader reached the end of the log) it reads nothing until asked. At most
+/// two chunks are held in memory.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -66,13 +92,19 @@ pub struct LogReader<S: ?Sized> {
     store: Arc<S>,
     filter: Arc<EventFilter>,
     page_size: usize,
+    /// The most events of a read, and about the most bytes.
     read_size: usize,
+    read_bytes: usize,
+    /// The size of the next read: one page at first, then what the last
+    /// read's events say fits in `read_bytes`, up to `read_size`.
+    next_read: usize,
     /// Where the last page returned ends.
     next: Position,
     /// Events read and not yet returned, and where their chunk ends.
     buffered: VecDeque<RecordedEvent>,
     buffered_next: Position,
-    ahead: Option<JoinHandle<Result<LogSlice>>>,
+    /// The read ahead, and how many events it asked for.
+    ahead: Option<(JoinHandle<Result<LogSlice>>, usize)>,
 }
 
 impl<S> LogReader<S>
@@ -88,6 +120,8 @@ where
             filter: Arc::new(filter),
             page_size,
             read_size: whole_pages(page_size, DEFAULT_READ_SIZE),
+            read_bytes: DEFAULT_READ_BYTES,
+            next_read: page_size,
             next: after,
             buffered: VecDeque::new(),
             buffered_next: after,
@@ -95,13 +129,26 @@ where
         }
     }
 
-    /// About how many events to ask the store for at once: the most whole
-    /// pages that fit in `events`, at least one page. Larger reads make a
+    /// The most events to ask the store for at once: the most whole pages
+    /// that fit in `events`, at least one page. Larger reads make a
     /// catch-up faster and hold more events in memory (two reads' worth at
     /// most); [`DEFAULT_READ_SIZE`] unless set.
     #[must_use]
     pub fn read_size(mut self, events: usize) -> Self {
         self.read_size = whole_pages(self.page_size, events);
+        self.next_read = self.next_read.min(self.read_size);
+        self
+    }
+
+    /// About the most bytes of events to ask the store for at once: a read
+    /// asks for as many whole pages as fit, by the size of the events of
+    /// the last read, and at least one page; [`DEFAULT_READ_BYTES`] unless
+    /// set. It bounds the memory a catch-up over large events takes (two
+    /// reads' worth at most), where [`read_size`](Self::read_size) alone
+    /// would not.
+    #[must_use]
+    pub fn read_bytes(mut self, bytes: usize) -> Self {
+        self.read_bytes = bytes;
         self
     }
 
@@ -146,26 +193,38 @@ where
     /// Reads the next chunk into the buffer (the one read ahead, if any),
     /// and starts reading the one after it when this one is full.
     async fn read_chunk(&mut self) -> Result<()> {
-        let chunk = match self.ahead.take() {
-            Some(ahead) => ahead.await.map_err(|error| {
-                Error::store(
-                    format!("the read of the log after position {} ended", self.next),
-                    error,
-                )
-            })??,
+        let (chunk, asked) = match self.ahead.take() {
+            Some((ahead, asked)) => {
+                let chunk = ahead.await.map_err(|error| {
+                    Error::store(
+                        format!("the read of the log after position {} ended", self.next),
+                        error,
+                    )
+                })??;
+                (chunk, asked)
+            }
             None => {
-                self.store
-                    .read_all(self.next, &self.filter, self.read_size)
-                    .await?
+                let asked = self.next_read;
+                let chunk = self.store.read_all(self.next, &self.filter, asked).await?;
+                (chunk, asked)
             }
         };
-        if chunk.events.len() >= self.read_size {
+        if !chunk.events.is_empty() {
+            let bytes: usize = chunk.events.iter().map(footprint).sum();
+            let per_event = (bytes / chunk.events.len()).max(1);
+            self.next_read = whole_pages(
+                self.page_size,
+                (self.read_bytes / per_event).min(self.read_size),
+            );
+        }
+        if chunk.events.len() >= asked {
             let store = Arc::clone(&self.store);
             let filter = Arc::clone(&self.filter);
-            let (after, limit) = (chunk.next, self.read_size);
-            self.ahead = Some(tokio::spawn(async move {
-                store.read_all(after, &filter, limit).await
-            }));
+            let (after, limit) = (chunk.next, self.next_read);
+            self.ahead = Some((
+                tokio::spawn(async move { store.read_all(after, &filter, limit).await }),
+                limit,
+            ));
         }
         self.buffered = chunk.events.into();
         self.buffered_next = chunk.next;
@@ -176,7 +235,7 @@ where
 impl<S: ?Sized> LogReader<S> {
     /// Stops the read ahead, if one runs.
     fn cancel(&mut self) {
-        if let Some(ahead) = self.ahead.take() {
+        if let Some((ahead, _)) = self.ahead.take() {
             ahead.abort();
         }
     }

@@ -1,14 +1,18 @@
 //! The log reader: pages in order, reads of several pages handed out a page
 //! at a time, the read ahead, events appended after the reader reached the
-//! end, filters and seeks. (A failing read ahead is tested with the
-//! repository's fault-injecting store, in `repository.rs`.)
+//! end, filters and seeks, and reads that shrink to fit large events in
+//! their byte budget. (A failing read ahead is tested with the repository's
+//! fault-injecting store, in `repository.rs`.)
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use es_core::testkit::conformance::new_event;
 use es_core::{
-    AppendOptions, EventFilter, EventStore, ExpectedVersion, InMemoryStore, LogReader, Position,
-    StreamId,
+    AppendOptions, AppendOutcome, Committed, EventFilter, EventStore, ExpectedVersion,
+    InMemoryStore, LogReader, LogSlice, NewEvent, Position, RecordedEvent, Result, StreamId,
+    Version,
 };
 use serde_json::json;
 
@@ -160,4 +164,119 @@ async fn every_page_of_a_large_read_is_full_until_the_end_of_the_log() {
     let wanted: Vec<u64> = (1..=21).filter(|p| p % 3 != 2).collect();
     assert_eq!(seen, wanted);
     assert_eq!(reader.position(), Position(21));
+}
+
+/// An in-memory store that records how many events each read of the log
+/// asked for.
+#[derive(Default)]
+struct Counted {
+    inner: InMemoryStore,
+    asked: Mutex<Vec<usize>>,
+}
+
+#[async_trait]
+impl EventStore for Counted {
+    async fn append(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        options: &AppendOptions,
+    ) -> Result<AppendOutcome> {
+        self.inner
+            .append(stream_id, expected, events, options)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &StreamId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(stream_id, from, limit).await
+    }
+
+    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {
+        self.inner.stream_version(stream_id).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<LogSlice> {
+        self.asked.lock().expect("lock").push(limit);
+        self.inner.read_all(after, filter, limit).await
+    }
+
+    async fn head(&self) -> Result<Position> {
+        self.inner.head().await
+    }
+
+    async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<bool> {
+        self.inner.wait_for_events(after, timeout).await
+    }
+
+    async fn find_idempotency_key(&self, key: &str) -> Result<Option<Committed>> {
+        self.inner.find_idempotency_key(key).await
+    }
+}
+
+/// Appends `count` events of about `bytes` bytes of payload each.
+async fn append_sized(store: &Counted, stream: &str, count: usize, bytes: usize) {
+    let filler = "x".repeat(bytes);
+    let events = (0..count)
+        .map(|i| new_event("Sized", json!({ "i": i, "filler": filler })))
+        .collect();
+    store
+        .append(
+            &StreamId::new(stream),
+            ExpectedVersion::Any,
+            events,
+            &AppendOptions::default(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reads_ask_for_as_many_whole_pages_as_fit_in_the_byte_budget() {
+    let store = Arc::new(Counted::default());
+    append_sized(&store, "small", 60, 10).await;
+    append_sized(&store, "large", 40, 10_000).await;
+    // Pages of 4, at most 40 events and about 50,000 bytes a read.
+    let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 4)
+        .read_size(40)
+        .read_bytes(50_000);
+    let (sizes, seen) = read_to_end_of(&mut reader).await;
+    assert_eq!(seen, (1..=100).collect::<Vec<_>>(), "every event, in order");
+    assert!(sizes.iter().all(|&size| size == 4), "full pages: {sizes:?}");
+    let asked = store.asked.lock().expect("lock").clone();
+    // One page first; then, while the events are small, the most the read
+    // size allows; once reads meet the large events (10 kB each), fewer:
+    // reads of large events alone ask for one page of 4 (40 kB), as two
+    // pages would not fit in 50 kB.
+    assert_eq!(asked[..3], [4, 40, 40], "{asked:?}");
+    assert!(
+        asked[3..].iter().all(|&n| n < 40 && n % 4 == 0),
+        "whole pages, fewer once the events are large: {asked:?}"
+    );
+    assert_eq!(asked[asked.len() - 3..], [4, 4, 4], "{asked:?}");
+}
+
+/// Reads pages until one is empty: the size of each page and the positions
+/// of their events.
+async fn read_to_end_of(reader: &mut LogReader<Counted>) -> (Vec<usize>, Vec<u64>) {
+    let mut sizes = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = reader.next_page().await.unwrap();
+        if page.events.is_empty() {
+            return (sizes, seen);
+        }
+        sizes.push(page.events.len());
+        seen.extend(page.events.iter().map(|e| e.position.0));
+    }
 }
