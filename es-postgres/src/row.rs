@@ -246,12 +246,13 @@ pub(crate) fn is_null(row: &PgRow, index: usize) -> std::result::Result<bool, sq
 /// PostgreSQL's epoch (2000-01-01 00:00:00 UTC) in microseconds since 1970.
 const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Reads the `timestamptz` of column `index` (a number or a name). A binary value (what prepared
-/// statements answer) is read directly: the microseconds since PostgreSQL's
-/// epoch, a fraction of what the general decoder costs per row, and a time
-/// that `DateTime` cannot hold (`infinity`, or years past 262,142) is a
-/// decode error rather than the general decoder's overflow panic. A text
-/// value goes to the general decoder.
+/// Reads the `timestamptz` of column `index` (a number or a name). A binary
+/// value (what prepared statements answer) is read directly: the
+/// microseconds since PostgreSQL's epoch, a fraction of what the general
+/// decoder costs per row, and a time that `DateTime` cannot hold
+/// (`infinity`, or years past 262,142) is a decode error rather than the
+/// general decoder's overflow panic. A text value goes to the general
+/// decoder.
 pub(crate) fn timestamp<I: ColumnIndex<PgRow> + Copy>(
     row: &PgRow,
     index: I,
@@ -278,6 +279,7 @@ pub(crate) fn timestamp<I: ColumnIndex<PgRow> + Copy>(
         })
 }
 
+/// A value the store cannot decode, said by `message`.
 fn decode_error(message: String) -> sqlx::Error {
     sqlx::Error::Decode(message.into())
 }

@@ -130,8 +130,8 @@ impl Statements {
                 INSERT INTO {s}.events
                     (transaction_id, stream_id, version, event_id, event_type, schema_version,
                      payload, metadata, recorded_at)
-                SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type, e.schema_version,
-                       e.payload::json, e.metadata::json, e.recorded_at
+                SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type,
+                       e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
                 FROM current,
                      unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::timestamptz[])
                          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
