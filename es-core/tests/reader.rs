@@ -22,6 +22,10 @@ async fn append(store: &InMemoryStore, stream: &str, kinds: &[&str]) {
         .enumerate()
         .map(|(i, kind)| new_event(kind, json!({ "i": i })))
         .collect();
+    append_events(store, stream, events).await;
+}
+
+async fn append_events(store: &impl EventStore, stream: &str, events: Vec<NewEvent>) {
     store
         .append(
             &StreamId::new(stream),
@@ -49,7 +53,7 @@ async fn read_pages(reader: &mut LogReader<InMemoryStore>, pages: usize) -> Vec<
 
 /// Reads pages until one is empty: the size of each page and the positions
 /// of their events. Each page leaves the reader at its end.
-async fn read_to_end(reader: &mut LogReader<InMemoryStore>) -> (Vec<usize>, Vec<u64>) {
+async fn read_to_end<S: EventStore + 'static>(reader: &mut LogReader<S>) -> (Vec<usize>, Vec<u64>) {
     let mut sizes = Vec::new();
     let mut seen = Vec::new();
     loop {
@@ -230,15 +234,7 @@ async fn append_sized(store: &Counted, stream: &str, count: usize, bytes: usize)
     let events = (0..count)
         .map(|i| new_event("Sized", json!({ "i": i, "filler": filler })))
         .collect();
-    store
-        .append(
-            &StreamId::new(stream),
-            ExpectedVersion::Any,
-            events,
-            &AppendOptions::default(),
-        )
-        .await
-        .unwrap();
+    append_events(store, stream, events).await;
 }
 
 #[tokio::test]
@@ -250,7 +246,7 @@ async fn reads_ask_for_as_many_whole_pages_as_fit_in_the_byte_budget() {
     let mut reader = LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 4)
         .read_size(40)
         .read_bytes(50_000);
-    let (sizes, seen) = read_to_end_of(&mut reader).await;
+    let (sizes, seen) = read_to_end(&mut reader).await;
     assert_eq!(seen, (1..=100).collect::<Vec<_>>(), "every event, in order");
     assert!(sizes.iter().all(|&size| size == 4), "full pages: {sizes:?}");
     let asked = store.asked.lock().expect("lock").clone();
@@ -264,19 +260,4 @@ async fn reads_ask_for_as_many_whole_pages_as_fit_in_the_byte_budget() {
         "whole pages, fewer once the events are large: {asked:?}"
     );
     assert_eq!(asked[asked.len() - 3..], [4, 4, 4], "{asked:?}");
-}
-
-/// Reads pages until one is empty: the size of each page and the positions
-/// of their events.
-async fn read_to_end_of(reader: &mut LogReader<Counted>) -> (Vec<usize>, Vec<u64>) {
-    let mut sizes = Vec::new();
-    let mut seen = Vec::new();
-    loop {
-        let page = reader.next_page().await.unwrap();
-        if page.events.is_empty() {
-            return (sizes, seen);
-        }
-        sizes.push(page.events.len());
-        seen.extend(page.events.iter().map(|e| e.position.0));
-    }
 }
