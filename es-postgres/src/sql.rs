@@ -117,19 +117,29 @@ impl Statements {
         // The gap-safety bound: only transactions that ended before the
         // oldest one still running. Computed once per statement (an InitPlan).
         let xmin = "(SELECT pg_snapshot_xmin(pg_current_snapshot()))";
+        // Every append reads the stream's current version and computes the
+        // appending transaction's id once, in one sub-select (`current`),
+        // rather than the id per row through the column's default; `extra`
+        // adds columns computed there once too.
+        let current = |extra: &str| {
+            format!(
+                "SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid{extra}
+                 FROM {s}.events WHERE stream_id = $1"
+            )
+        };
+        let insert = format!(
+            "INSERT INTO {s}.events
+                (transaction_id, stream_id, version, event_id, event_type, schema_version,
+                 payload, metadata, recorded_at)"
+        );
         let append = format!(
             "WITH prior AS (
                 SELECT stream_id, first_version, last_version, first_position, last_position
                 FROM {s}.idempotency_keys WHERE $2::text IS NOT NULL AND key = $2
             ),
-            current AS (
-                SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid
-                FROM {s}.events WHERE stream_id = $1
-            ),
+            current AS ({current}),
             inserted AS (
-                INSERT INTO {s}.events
-                    (transaction_id, stream_id, version, event_id, event_type, schema_version,
-                     payload, metadata, recorded_at)
+                {insert}
                 SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type,
                        e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
                 FROM current,
@@ -154,7 +164,8 @@ impl Statements {
                    p.stream_id AS prior_stream_id, p.first_version AS prior_first_version,
                    p.last_version AS prior_last_version, p.first_position AS prior_first_position,
                    p.last_position AS prior_last_position
-            FROM current c CROSS JOIN written w LEFT JOIN prior p ON true"
+            FROM current c CROSS JOIN written w LEFT JOIN prior p ON true",
+            current = current("")
         );
         // The common append (no idempotency key, no inline projection): the
         // insert alone. It answers the first version written and the
@@ -162,58 +173,49 @@ impl Statements {
         // expected version did not match (nothing was written). One
         // statement draws its positions in insertion order, which is
         // version order: the least and greatest are the first and last
-        // event's (cheaper than collecting them in order). The appends
-        // compute the transaction id (and, below, metadata that every event
-        // shares) once, in the stream's sub-select, rather than per row
-        // through the column's default.
-        let written = |insert: String| {
+        // event's (cheaper than collecting them in order).
+        let written = |select: String| {
             format!(
-                "WITH written AS ({insert} RETURNING position, version)
+                "WITH written AS ({insert} {select} RETURNING position, version)
                  SELECT min(version) AS first_version, min(position) AS first_position,
                         max(position) AS last_position
                  FROM written"
             )
         };
         let append_plain = written(format!(
-            "INSERT INTO {s}.events
-                (transaction_id, stream_id, version, event_id, event_type, schema_version,
-                 payload, metadata, recorded_at)
-             SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type,
+            "SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type,
                     e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
-             FROM (SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid
-                   FROM {s}.events WHERE stream_id = $1) AS current,
+             FROM ({current}) AS current,
                   unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
                       WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
-             ORDER BY e.n"
+             ORDER BY e.n",
+            current = current("")
         ));
         // The same when the events share their type, schema version,
         // metadata and time (a bulk append of one kind of event): those are
-        // sent once, as scalars; only ids and payloads go as arrays.
+        // sent once, as scalars, and the metadata is read once; only ids and
+        // payloads go as arrays.
         let append_uniform = written(format!(
-            "INSERT INTO {s}.events
-                (transaction_id, stream_id, version, event_id, event_type, schema_version,
-                 payload, metadata, recorded_at)
-             SELECT current.xid, $1, current.version + e.n, e.event_id, $5, $6, e.payload::json,
+            "SELECT current.xid, $1, current.version + e.n, e.event_id, $5, $6, e.payload::json,
                     current.metadata, $8
-             FROM (SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid,
-                          $7::json AS metadata
-                   FROM {s}.events WHERE stream_id = $1) AS current,
+             FROM ({current}) AS current,
                   unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS e(event_id, payload, n)
              WHERE $2::int8 < 0 OR current.version = $2::int8
-             ORDER BY e.n"
+             ORDER BY e.n",
+            current = current(", $7::json AS metadata")
         ));
         // The same for one event, with scalar parameters instead of arrays
         // and the row of the one event written (none when nothing was):
         // cheaper, for one event, than collecting what was written.
         let append_one = format!(
-            "INSERT INTO {s}.events
-                (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
-             SELECT $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
-             FROM (SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1) AS current
+            "{insert}
+             SELECT current.xid, $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
+             FROM ({current}) AS current
              WHERE $2::int8 < 0 OR current.version = $2::int8
              RETURNING version AS first_version, position AS first_position,
-                       position AS last_position"
+                       position AS last_position",
+            current = current("")
         );
         // Every read of the log answers, in one statement (so with one
         // snapshot), a header row and then the page's events. The header
