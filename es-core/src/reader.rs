@@ -12,8 +12,11 @@ use crate::types::{EventFilter, Position, RecordedEvent};
 
 /// The most events a [`LogReader`] asks the store for at once, unless
 /// [`LogReader::read_size`] says otherwise: the most whole pages that fit,
-/// and at least one page.
-pub const DEFAULT_READ_SIZE: usize = 4096;
+/// and at least one page. Each read of a store has a cost of its own (a
+/// round trip, the statement's start, the pause between one read's last
+/// event and the next read's first), which large reads spread thin; the
+/// bytes a read may take ([`DEFAULT_READ_BYTES`]) bound its memory.
+pub const DEFAULT_READ_SIZE: usize = 32_768;
 
 /// About how many bytes of events a [`LogReader`] asks the store for at
 /// once, unless [`LogReader::read_bytes`] says otherwise (16 MiB).

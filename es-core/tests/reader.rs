@@ -12,7 +12,7 @@ use es_core::testkit::conformance::new_event;
 use es_core::{
     AppendOptions, AppendOutcome, Committed, EventFilter, EventStore, ExpectedVersion,
     InMemoryStore, LogReader, LogSlice, NewEvent, Position, RecordedEvent, Result, StreamId,
-    Version,
+    Version, DEFAULT_READ_SIZE,
 };
 use serde_json::json;
 
@@ -260,4 +260,24 @@ async fn reads_ask_for_as_many_whole_pages_as_fit_in_the_byte_budget() {
         "whole pages, fewer once the events are large: {asked:?}"
     );
     assert_eq!(asked[asked.len() - 3..], [4, 4, 4], "{asked:?}");
+}
+
+#[tokio::test]
+async fn by_default_reads_ask_for_whole_pages_up_to_the_default_read_size() {
+    let store = Arc::new(Counted::default());
+    append_sized(&store, "small", 1_001, 10).await;
+    let mut reader = LogReader::new(
+        Arc::clone(&store),
+        Position::START,
+        EventFilter::all(),
+        1_000,
+    );
+    let (sizes, seen) = read_to_end(&mut reader).await;
+    assert_eq!(sizes, [1_000, 1]);
+    assert_eq!(seen.len(), 1_001);
+    // One page first, then as many whole pages as the default allows (the
+    // small events are far from the byte budget).
+    let asked = store.asked.lock().expect("lock").clone();
+    let whole_pages = DEFAULT_READ_SIZE / 1_000 * 1_000;
+    assert_eq!(asked[..2], [1_000, whole_pages], "{asked:?}");
 }
