@@ -498,6 +498,12 @@ async fn fill(b: &mut Bench) -> Res<(PgEventStore, String)> {
     Ok((store, schema))
 }
 
+/// W5's target (decoded events/s), set where the floor read
+/// [`W5_REFERENCE_FLOOR`] rows/s.
+const W5_TARGET: f64 = 1_500_000.0;
+/// The floor's W5 figure on the machine the target was set on (rows/s).
+const W5_REFERENCE_FLOOR: f64 = 2_100_000.0;
+
 /// W5: the whole log in order, decoded into typed events (events/s): the
 /// framework through its log reader (the projection runner's path).
 async fn w5(b: &mut Bench, floor: bool) -> Res<f64> {
@@ -668,47 +674,69 @@ async fn main() -> Res<()> {
         .collect();
     let wanted = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     let started = Instant::now();
-    let mut rows: Vec<(&str, Stat, Option<Stat>, &str)> = Vec::new();
+    let mut rows: Vec<(&str, Stat, Option<Stat>, String)> = Vec::new();
     if wanted("w1") {
         let (fw, floor) = paired(&mut b, async |b, floor| w1(b, 1, runner(floor)).await).await?;
         let cached = three(&mut b, async |b| w1(b, 1, Runner::Cached).await).await?;
         let own_pool = three(&mut b, async |b| w1(b, 1, Runner::OwnPool).await).await?;
-        rows.push(("W1 commands/s, 1 task", fw, Some(floor.clone()), "≥ 0.90"));
+        rows.push((
+            "W1 commands/s, 1 task",
+            fw,
+            Some(floor.clone()),
+            "≥ 0.90".into(),
+        ));
         rows.push((
             "W1 with the state cache on",
             cached,
             Some(floor.clone()),
-            "> 1.00",
+            "> 1.00".into(),
         ));
         rows.push((
             "W1 on the store's own pool (`connect`)",
             own_pool,
             Some(floor),
-            "",
+            String::new(),
         ));
     }
     if wanted("w2") {
         let (fw, floor) = paired(&mut b, async |b, floor| w1(b, 8, runner(floor)).await).await?;
-        rows.push(("W2 commands/s, 8 tasks", fw, Some(floor), "≥ 0.90"));
+        rows.push(("W2 commands/s, 8 tasks", fw, Some(floor), "≥ 0.90".into()));
     }
     if wanted("w3") {
         let (fw, floor) = paired(&mut b, async |b, floor| w3(b, floor, false).await).await?;
-        rows.push(("W3 load of 10,000 events, ms", fw, Some(floor), "≤ 1.20"));
+        rows.push((
+            "W3 load of 10,000 events, ms",
+            fw,
+            Some(floor),
+            "≤ 1.20".into(),
+        ));
         let (fw, floor) = paired(&mut b, async |b, floor| w3(b, floor, true).await).await?;
-        rows.push(("W3 load from a snapshot, ms", fw, Some(floor), "≤ 0.5 ms"));
+        rows.push((
+            "W3 load from a snapshot, ms",
+            fw,
+            Some(floor),
+            "≤ 0.5 ms".into(),
+        ));
     }
     if wanted("w4") {
         let (fw, floor) = paired(&mut b, async |b, floor| w4(b, floor).await).await?;
-        rows.push(("W4 events/s, appends of 100", fw, Some(floor), "≥ 0.80"));
+        rows.push((
+            "W4 events/s, appends of 100",
+            fw,
+            Some(floor),
+            "≥ 0.80".into(),
+        ));
     }
     if wanted("w5") {
         let (fw, floor) = paired(&mut b, async |b, floor| w5(b, floor).await).await?;
-        rows.push((
-            "W5 events/s, read and decoded",
-            fw,
-            Some(floor),
-            "≥ 1.5 M/s",
-        ));
+        // The target was set where the floor read 2.1 M rows/s; the same
+        // share of this run's floor is the target on this machine.
+        let scaled = W5_TARGET / W5_REFERENCE_FLOOR * floor.median;
+        let target = format!(
+            "≥ 1.5 M/s where the floor reads 2.1 M/s: ≥ {:.2} of the floor, {scaled:.0} /s here",
+            W5_TARGET / W5_REFERENCE_FLOOR
+        );
+        rows.push(("W5 events/s, read and decoded", fw, Some(floor), target));
     }
     if wanted("w6") {
         let fw = three(&mut b, async |b| w6(b, true).await).await?;
@@ -716,10 +744,15 @@ async fn main() -> Res<()> {
             "W6 projection events/s, batch handler",
             fw,
             None,
-            "≥ 50,000/s",
+            "≥ 50,000/s".into(),
         ));
         let fw = three(&mut b, async |b| w6(b, false).await).await?;
-        rows.push(("W6 projection events/s, one insert per event", fw, None, ""));
+        rows.push((
+            "W6 projection events/s, one insert per event",
+            fw,
+            None,
+            String::new(),
+        ));
     }
 
     println!();
