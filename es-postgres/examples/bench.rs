@@ -13,7 +13,12 @@
 //! the version check; a multi-row insert; a plain ordered read). The table
 //! shows the median and the spread (min–max) of both, and the framework's
 //! figure as a ratio to the floor, because absolute numbers drift on a
-//! shared machine.
+//! shared machine. The last column compares the CPU time the measured part
+//! used, the framework's against the floor's (medians; the same work on
+//! both sides): this process's, and the local server's (all its processes,
+//! read from `/proc`; "—" where they cannot be seen). A busy machine moves
+//! it less than wall time, and it tells the client's share of a gap from
+//! the server's.
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::time::Instant;
@@ -263,7 +268,7 @@ fn runner(floor: bool) -> Runner {
     }
 }
 
-async fn w1(b: &mut Bench, tasks: u64, runner: Runner) -> Res<f64> {
+async fn w1(b: &mut Bench, tasks: u64, runner: Runner) -> Res<Sample> {
     let (store, schema) = b.schema().await?;
     let store = if runner == Runner::OwnPool {
         PgStoreOptions::new()
@@ -280,7 +285,7 @@ async fn w1(b: &mut Bench, tasks: u64, runner: Runner) -> Res<f64> {
     } else {
         Repository::<Tick, _>::new(store.clone())
     };
-    let start = Instant::now();
+    let meter = Meter::start();
     let mut handles = Vec::new();
     for t in 0..tasks {
         let repo = repo.clone();
@@ -303,7 +308,7 @@ async fn w1(b: &mut Bench, tasks: u64, runner: Runner) -> Res<f64> {
     for h in handles {
         h.await??;
     }
-    let rate = W1_COMMANDS as f64 / start.elapsed().as_secs_f64();
+    let rate = meter.rate(W1_COMMANDS as f64);
     b.drop(&schema).await?;
     Ok(rate)
 }
@@ -311,7 +316,7 @@ async fn w1(b: &mut Bench, tasks: u64, runner: Runner) -> Res<f64> {
 const W3_EVENTS: u64 = 10_000;
 
 /// W3: median of 20 loads (ms) of one 10,000-event aggregate.
-async fn w3(b: &mut Bench, floor: bool, snapshot: bool) -> Res<f64> {
+async fn w3(b: &mut Bench, floor: bool, snapshot: bool) -> Res<Sample> {
     let (store, schema) = b.schema().await?;
     let stream = StreamId::new("ledger-big");
     let mut version = 0;
@@ -364,6 +369,7 @@ async fn w3(b: &mut Bench, floor: bool, snapshot: bool) -> Res<f64> {
         }
     }
     let mut times = Vec::new();
+    let meter = Meter::start();
     for _ in 0..20 {
         let start = Instant::now();
         if floor {
@@ -399,8 +405,12 @@ async fn w3(b: &mut Bench, floor: bool, snapshot: bool) -> Res<f64> {
         }
         times.push(start.elapsed().as_secs_f64() * 1000.0);
     }
+    let cpu = meter.cpu();
     b.drop(&schema).await?;
-    Ok(median(times))
+    Ok(Sample {
+        value: median(times),
+        cpu,
+    })
 }
 
 async fn insert_floor_batch(
@@ -431,10 +441,10 @@ const W4_EVENTS: u64 = 100_000;
 const W4_BATCH: u64 = 100;
 
 /// W4: 100,000 events into one stream in appends of 100 (events/s).
-async fn w4(b: &mut Bench, floor: bool) -> Res<f64> {
+async fn w4(b: &mut Bench, floor: bool) -> Res<Sample> {
     let (store, schema) = b.schema().await?;
     let stream = StreamId::new("bulk-1");
-    let start = Instant::now();
+    let meter = Meter::start();
     let mut version = 0;
     while version < W4_EVENTS {
         if floor {
@@ -460,7 +470,7 @@ async fn w4(b: &mut Bench, floor: bool) -> Res<f64> {
         }
         version += W4_BATCH;
     }
-    let rate = W4_EVENTS as f64 / start.elapsed().as_secs_f64();
+    let rate = meter.rate(W4_EVENTS as f64);
     b.drop(&schema).await?;
     Ok(rate)
 }
@@ -506,9 +516,9 @@ const W5_REFERENCE_FLOOR: f64 = 2_100_000.0;
 
 /// W5: the whole log in order, decoded into typed events (events/s): the
 /// framework through its log reader (the projection runner's path).
-async fn w5(b: &mut Bench, floor: bool) -> Res<f64> {
+async fn w5(b: &mut Bench, floor: bool) -> Res<Sample> {
     let (store, schema) = fill(b).await?;
-    let start = Instant::now();
+    let meter = Meter::start();
     let mut count = 0u64;
     if floor {
         let mut after = 0i64;
@@ -543,13 +553,13 @@ async fn w5(b: &mut Bench, floor: bool) -> Res<f64> {
         }
     }
     assert_eq!(count, 100_000);
-    let rate = count as f64 / start.elapsed().as_secs_f64();
+    let rate = meter.rate(count as f64);
     b.drop(&schema).await?;
     Ok(rate)
 }
 
 /// W6: a projection catching up over 100,000 events, one row per event (events/s).
-async fn w6(b: &mut Bench, batched: bool) -> Res<f64> {
+async fn w6(b: &mut Bench, batched: bool) -> Res<Sample> {
     let (store, schema) = fill(b).await?;
     let table = format!("\"{schema}\".rows");
     sqlx::query(&format!(
@@ -565,9 +575,9 @@ async fn w6(b: &mut Bench, batched: bool) -> Res<f64> {
         },
     )
     .batch_size(1000);
-    let start = Instant::now();
+    let meter = Meter::start();
     runner.catch_up().await?;
-    let rate = 100_000.0 / start.elapsed().as_secs_f64();
+    let rate = meter.rate(100_000.0);
     let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(&b.pool)
         .await?;
@@ -581,21 +591,116 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// CPU seconds: this process's, and the local PostgreSQL server's (all
+/// its processes: backends, WAL writer, checkpointer, autovacuum).
+#[derive(Clone, Copy)]
+struct Cpu {
+    client: f64,
+    /// `None` where the server's processes cannot be seen (not Linux, or a
+    /// server on another machine through `ES_BENCH_URL`).
+    server: Option<f64>,
+}
+
+impl Cpu {
+    /// Used so far, from `/proc` (Linux; zero for the client elsewhere).
+    fn now() -> Self {
+        let mut server = None;
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let is_server = std::fs::read_to_string(dir.join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == "postgres");
+                if is_server {
+                    *server.get_or_insert(0.0) += cpu_seconds(&dir).unwrap_or(0.0);
+                }
+            }
+        }
+        Self {
+            client: cpu_seconds(std::path::Path::new("/proc/self")).unwrap_or(0.0),
+            server,
+        }
+    }
+
+    fn since(self, earlier: Self) -> Self {
+        Self {
+            client: self.client - earlier.client,
+            server: self
+                .server
+                .zip(earlier.server)
+                .map(|(now, then)| now - then),
+        }
+    }
+}
+
+/// User and system time of the process whose `/proc` folder is `dir`
+/// (fields 14 and 15 of its `stat`, in ticks of 1/100 s: Linux's
+/// `USER_HZ`); `None` when it is gone or unreadable.
+fn cpu_seconds(dir: &std::path::Path) -> Option<f64> {
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its `)`.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The wall time and CPU time of a measured stretch of a workload.
+struct Meter {
+    start: Instant,
+    cpu: Cpu,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Self {
+            cpu: Cpu::now(),
+            start: Instant::now(),
+        }
+    }
+
+    /// The CPU time used since the start.
+    fn cpu(&self) -> Cpu {
+        Cpu::now().since(self.cpu)
+    }
+
+    /// `work` done since the start, per second.
+    fn rate(&self, work: f64) -> Sample {
+        Sample {
+            value: work / self.start.elapsed().as_secs_f64(),
+            cpu: self.cpu(),
+        }
+    }
+}
+
+/// What one run of a workload measured: its figure (a rate, or a time in
+/// ms) and the CPU time the measured part used.
+struct Sample {
+    value: f64,
+    cpu: Cpu,
+}
+
 #[derive(Clone)]
 struct Stat {
     median: f64,
     min: f64,
     max: f64,
+    /// The median CPU time of the runs.
+    cpu: Cpu,
 }
 
 impl Stat {
-    fn of(v: Vec<f64>) -> Self {
-        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    fn of(samples: &[Sample]) -> Self {
+        let values: Vec<f64> = samples.iter().map(|s| s.value).collect();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let server: Option<Vec<f64>> = samples.iter().map(|s| s.cpu.server).collect();
         Self {
-            median: median(v),
+            median: median(values),
             min,
             max,
+            cpu: Cpu {
+                client: median(samples.iter().map(|s| s.cpu.client).collect()),
+                server: server.map(median),
+            },
         }
     }
 
@@ -614,31 +719,41 @@ impl Stat {
             f(self.max)
         )
     }
+
+    /// The CPU time of this one's runs against the floor's (the same work),
+    /// client and server: less sensitive than wall time to a busy machine.
+    fn cpu_against(&self, floor: &Self) -> String {
+        let client = self.cpu.client / floor.cpu.client;
+        match self.cpu.server.zip(floor.cpu.server) {
+            Some((fw, fl)) => format!("{client:.2} / {:.2}", fw / fl),
+            None => format!("{client:.2} / —"),
+        }
+    }
 }
 
 async fn three<F>(b: &mut Bench, mut f: F) -> Res<Stat>
 where
-    F: AsyncFnMut(&mut Bench) -> Res<f64>,
+    F: AsyncFnMut(&mut Bench) -> Res<Sample>,
 {
     let mut v = Vec::new();
     for _ in 0..3 {
         v.push(f(b).await?);
     }
-    Ok(Stat::of(v))
+    Ok(Stat::of(&v))
 }
 
 /// Runs a workload 3 times through the framework and 3 times as the floor,
 /// alternately, so that a drift of the shared machine falls on both.
 async fn paired<F>(b: &mut Bench, mut f: F) -> Res<(Stat, Stat)>
 where
-    F: AsyncFnMut(&mut Bench, bool) -> Res<f64>,
+    F: AsyncFnMut(&mut Bench, bool) -> Res<Sample>,
 {
     let (mut fw, mut floor) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         fw.push(f(b, false).await?);
         floor.push(f(b, true).await?);
     }
-    Ok((Stat::of(fw), Stat::of(floor)))
+    Ok((Stat::of(&fw), Stat::of(&floor)))
 }
 
 #[tokio::main]
@@ -756,16 +871,20 @@ async fn main() -> Res<()> {
     }
 
     println!();
-    println!("| workload | es-postgres median (min–max) | SQL floor median (min–max) | ratio to floor | target |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| workload | es-postgres median (min–max) | SQL floor median (min–max) | ratio to floor | target | CPU against the floor (client / server) |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for (name, fw, floor, target) in &rows {
         let unit = if name.ends_with("ms") { "ms" } else { "/s" };
-        let (floor_text, ratio) = match floor {
-            Some(f) => (f.show(unit), format!("{:.2}", fw.median / f.median)),
-            None => ("—".to_owned(), "—".to_owned()),
+        let (floor_text, ratio, cpu) = match floor {
+            Some(f) => (
+                f.show(unit),
+                format!("{:.2}", fw.median / f.median),
+                fw.cpu_against(f),
+            ),
+            None => ("—".to_owned(), "—".to_owned(), "—".to_owned()),
         };
         println!(
-            "| {name} | {} | {floor_text} | {ratio} | {target} |",
+            "| {name} | {} | {floor_text} | {ratio} | {target} | {cpu} |",
             fw.show(unit)
         );
     }
