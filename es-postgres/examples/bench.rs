@@ -16,9 +16,9 @@
 //! shared machine. The last column compares the CPU time the measured part
 //! used, the framework's against the floor's (medians; the same work on
 //! both sides): this process's, and the local server's (all its processes,
-//! read from `/proc`; "—" where they cannot be seen). A busy machine moves
-//! it less than wall time, and it tells the client's share of a gap from
-//! the server's.
+//! read from `/proc`; "—" where they cannot be seen or used too little to
+//! measure). A busy machine moves it less than wall time, and it tells
+//! the client's share of a gap from the server's.
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::time::Instant;
@@ -722,12 +722,18 @@ impl Stat {
 
     /// The CPU time of this one's runs against the floor's (the same work),
     /// client and server: less sensitive than wall time to a busy machine.
+    /// "—" for a side where either used less than 0.1 s, too little for
+    /// `/proc`'s ticks of 0.01 s to tell.
     fn cpu_against(&self, floor: &Self) -> String {
-        let client = self.cpu.client / floor.cpu.client;
-        match self.cpu.server.zip(floor.cpu.server) {
-            Some((fw, fl)) => format!("{client:.2} / {:.2}", fw / fl),
-            None => format!("{client:.2} / —"),
-        }
+        let ratio = |fw: Option<f64>, fl: Option<f64>| match fw.zip(fl) {
+            Some((fw, fl)) if fw >= 0.1 && fl >= 0.1 => format!("{:.2}", fw / fl),
+            _ => "—".to_owned(),
+        };
+        format!(
+            "{} / {}",
+            ratio(Some(self.cpu.client), Some(floor.cpu.client)),
+            ratio(self.cpu.server, floor.cpu.server)
+        )
     }
 }
 
