@@ -15,8 +15,9 @@
 //! figure as a ratio to the floor, because absolute numbers drift on a
 //! shared machine. The last column compares the CPU time the measured part
 //! used, the framework's against the floor's (medians; the same work on
-//! both sides): this process's, and the local server's (all its processes,
-//! read from `/proc`; "—" where they cannot be seen or used too little to
+//! both sides): this process's, and the server's (every `postgres` process
+//! of this machine, read from `/proc`, so it means something only when the
+//! server is local; "—" where none can be seen or a side used too little to
 //! measure). A busy machine moves it less than wall time, and it tells
 //! the client's share of a gap from the server's.
 #![allow(clippy::print_stdout, missing_docs)]
@@ -596,8 +597,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[derive(Clone, Copy)]
 struct Cpu {
     client: f64,
-    /// `None` where the server's processes cannot be seen (not Linux, or a
-    /// server on another machine through `ES_BENCH_URL`).
+    /// `None` where no `postgres` process can be seen (not Linux, or no
+    /// server on this machine). With `ES_BENCH_URL` on another machine, a
+    /// local server's processes would be counted: compare only local runs.
     server: Option<f64>,
 }
 
