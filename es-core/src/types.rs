@@ -153,9 +153,13 @@ impl fmt::Display for Version {
 
 /// An event's place in the store's global log.
 ///
-/// Positions are unique and start at 1; `Position::START` (0) stands before
-/// the first event. A reader of the global log remembers the position of the
-/// last event it handled and asks for the events after it.
+/// Positions are unique, above 0, and grow along the log; `Position::START`
+/// (0) stands before the first event. A reader of the global log remembers
+/// the position of the last event it handled and asks for the events after
+/// it. They need not be contiguous: the in-memory and SQLite stores number
+/// events 1, 2, 3, …, while PostgreSQL's positions carry the appending
+/// transaction's id and leave wide gaps. So a difference of two positions
+/// is not a count of events.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]

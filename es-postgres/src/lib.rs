@@ -92,28 +92,44 @@
 //!
 //! # The global log never skips an event
 //!
-//! Positions come from a sequence, and concurrent transactions commit out of
-//! order: position 11 may be visible while position 10 is still being
-//! written. A reader that went on from 11 would never see 10. So each row
-//! also stores its transaction id (`xid8`, from `pg_current_xact_id()`), the
-//! log's order is `(transaction id, position)`, and readers only read rows
-//! whose transaction id is below `pg_snapshot_xmin(pg_current_snapshot())`:
-//! every transaction below that bound has ended, so no row can appear behind
-//! the reader any more. A reader's cursor is one [`Position`](es_core::Position);
-//! "after position p" means after `(transaction id of p, p)`.
+//! Concurrent transactions commit out of order: with positions from a
+//! sequence, position 11 may be visible while position 10 is still being
+//! written, and a reader that went on from 11 would never see 10. So a
+//! position here is not drawn from a sequence: it is the appending
+//! transaction's id (`pg_current_xact_id()`) shifted left by 20 bits, plus
+//! the event's index in the append:
 //!
-//! **Order guarantee.** Every reader of the log sees the same order, every
-//! event exactly once; within one stream, in version order (an append's
-//! transaction gets its id at its insert, after the previous version
-//! committed). Positions of sequential appends grow; positions of concurrent
-//! appends may come in the log out of numeric order.
+//! ```text
+//! position = (transaction id << 20) + index      (index 0 ..= 1,048,575)
+//! ```
+//!
+//! Readers only read positions below `pg_snapshot_xmin(pg_current_snapshot())
+//! << 20`: every transaction below that bound has ended, so no event can
+//! appear behind the reader any more, and a reader's cursor is the position
+//! of the last event it read. The primary key is the log's only index.
+//!
+//! **Order guarantee.** Every reader of the log sees the same order (the
+//! positions' numeric order), every event exactly once; within one stream,
+//! in version order (an append's transaction gets its id at its insert,
+//! after the previous version committed). Positions grow along the log but
+//! are not contiguous: one append's events are numbered one after another,
+//! and the next transaction's start 2^20 positions apart, or more. An append
+//! holds at most 1,048,576 events (a larger one is refused; split it), and
+//! positions stay below 2^53, which a JSON number carries exactly, for the
+//! first 8.5 billion writing transactions of the server (ids are
+//! server-wide).
 //!
 //! **Pages.** A page of the log is one statement, so one snapshot and one
-//! round trip, also when it is empty: it walks the `(transaction id,
-//! position)` index from the cursor to the page's end, so a page costs its
-//! size whatever the length of the log (the page's size is kept from the
-//! planner, which would otherwise sort the rest of the log for a page larger
-//! than it expects).
+//! round trip, also when it is empty: it walks the primary key from the
+//! cursor to the page's end, so a page costs its size whatever the length of
+//! the log (the page's size is kept from the planner, which would otherwise
+//! sort the rest of the log for a page larger than it expects).
+//!
+//! **Upgrading.** Stores before this numbering kept a sequence and a third
+//! index; the migration that drops them renumbers the stored events in the
+//! log order they had, and the positions of checkpoints, parked events and
+//! idempotency keys with them, in one transaction. Positions published
+//! before it (in broker messages, say) keep the old numbers there.
 //!
 //! **What it costs.** A reader waits for the oldest transaction still
 //! running *anywhere on the server* (transaction ids are server-wide) that
@@ -180,7 +196,7 @@
 //!
 //! | table | holds |
 //! | --- | --- |
-//! | `events` | the log: position, transaction id, stream, version, event id, type, schema version, payload and metadata (`json`), time |
+//! | `events` | the log: position (transaction id and index), stream, version, event id, type, schema version, payload and metadata (`json`), time |
 //! | `idempotency_keys` | each idempotency key with what its append wrote |
 //! | `snapshots` | the latest snapshot of each stream |
 //! | `checkpoints` | each projection's position and version |

@@ -85,22 +85,21 @@ pub(crate) struct Statements {
     pub(crate) lease_key: String,
 }
 
-/// The log cursor of "after the event at position `$1`": that event's
-/// transaction id (or the nearest earlier event's, when `$1` is not a stored
-/// position; zero before the first event) and `$1` itself.
-fn cursor(s: &str) -> String {
-    format!(
-        "(COALESCE((SELECT c.transaction_id FROM {s}.events c WHERE c.position <= $1 \
-         ORDER BY c.position DESC LIMIT 1), '0'::xid8), $1)"
-    )
-}
+/// How many low bits of a position number the event within its
+/// transaction's append; the bits above hold the transaction id (see the
+/// crate docs).
+pub(crate) const INDEX_BITS: u32 = 20;
+
+/// The most events one append can write: one position per event within its
+/// transaction's range.
+pub(crate) const MAX_APPEND: usize = 1 << INDEX_BITS;
 
 /// `LIMIT` by the parameter `param`, read in a sub-select that the planner
 /// cannot see into. Not knowing the page's size, it plans for a small share
 /// of the rows that match, so a page always comes off the index in the
 /// read's order, from where the read starts to the page's end. Seeing a page
-/// larger than the rows it expects to match (after a log cursor it cannot
-/// see either, or in a stream that grew since the table's statistics were
+/// larger than the rows it expects to match (below the log's bound, which
+/// it cannot see either, or in a stream that grew since the table's statistics were
 /// taken), it would read and sort every matching row instead: a cost that
 /// grows with the log or the stream, not with the page.
 fn limit_by(param: &str) -> String {
@@ -113,23 +112,25 @@ impl Statements {
         validate_schema(schema)?;
         let s = format!("\"{schema}\"");
         let cols = EVENT_COLUMNS;
-        let cursor = cursor(&s);
-        // The gap-safety bound: only transactions that ended before the
-        // oldest one still running. Computed once per statement (an InitPlan).
-        let xmin = "(SELECT pg_snapshot_xmin(pg_current_snapshot()))";
-        // Every append reads the stream's current version and computes the
-        // appending transaction's id once, in one sub-select (`current`),
-        // rather than the id per row through the column's default; `extra`
-        // adds columns computed there once too.
+        // The gap-safety bound: the first position of the oldest
+        // transaction still running; every transaction below it has ended.
+        // Computed once per statement (an InitPlan).
+        let bound =
+            format!("(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 << {INDEX_BITS})");
+        // Every append reads the stream's current version and the first
+        // position of the appending transaction's range once, in one
+        // sub-select (`current`); `extra` adds columns computed there once
+        // too. Event `n` (from 1) of the append is at `base + n - 1`.
         let current = |extra: &str| {
             format!(
-                "SELECT COALESCE(MAX(version), 0) AS version, pg_current_xact_id() AS xid{extra}
+                "SELECT COALESCE(MAX(version), 0) AS version,
+                        pg_current_xact_id()::text::int8 << {INDEX_BITS} AS base{extra}
                  FROM {s}.events WHERE stream_id = $1"
             )
         };
         let insert = format!(
             "INSERT INTO {s}.events
-                (transaction_id, stream_id, version, event_id, event_type, schema_version,
+                (position, stream_id, version, event_id, event_type, schema_version,
                  payload, metadata, recorded_at)"
         );
         let append = format!(
@@ -140,7 +141,7 @@ impl Statements {
             current AS ({current}),
             inserted AS (
                 {insert}
-                SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type,
+                SELECT current.base + e.n - 1, $1, current.version + e.n, e.event_id, e.event_type,
                        e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
                 FROM current,
                      unnest($4::uuid[], $5::text[], $6::int4[], $7::text[], $8::text[], $9::timestamptz[])
@@ -183,7 +184,7 @@ impl Statements {
             )
         };
         let append_plain = written(format!(
-            "SELECT current.xid, $1, current.version + e.n, e.event_id, e.event_type,
+            "SELECT current.base + e.n - 1, $1, current.version + e.n, e.event_id, e.event_type,
                     e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
              FROM ({current}) AS current,
                   unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
@@ -197,7 +198,7 @@ impl Statements {
         // sent once, as scalars, and the metadata is read once; only ids and
         // payloads go as arrays.
         let append_uniform = written(format!(
-            "SELECT current.xid, $1, current.version + e.n, e.event_id, $5, $6, e.payload::json,
+            "SELECT current.base + e.n - 1, $1, current.version + e.n, e.event_id, $5, $6, e.payload::json,
                     current.metadata, $8
              FROM ({current}) AS current,
                   unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS e(event_id, payload, n)
@@ -210,7 +211,7 @@ impl Statements {
         // cheaper, for one event, than collecting what was written.
         let append_one = format!(
             "{insert}
-             SELECT current.xid, $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
+             SELECT current.base, $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
              FROM ({current}) AS current
              WHERE $2::int8 < 0 OR current.version = $2::int8
              RETURNING version AS first_version, position AS first_position,
@@ -226,7 +227,7 @@ impl Statements {
         // to end (the reader then waits briefly for it, so a short
         // transaction elsewhere does not hide a writer's own append). The
         // header's columns are computed once (InitPlans) and sent once; the
-        // events come straight off the log-order index, each with nulls in
+        // events come straight off the primary key (the log's order), each with nulls in
         // place of the two (nulls cost the server no conversion).
         let page = |tail: &str, pending: &str, events: String| {
             format!(
@@ -239,15 +240,13 @@ impl Statements {
             )
         };
         let tail = format!(
-            "SELECT t.position FROM {s}.events t
-             WHERE (t.transaction_id, t.position) > {cursor} AND t.transaction_id < {xmin}
-             ORDER BY t.transaction_id DESC, t.position DESC LIMIT 1"
+            "SELECT max(t.position) FROM {s}.events t WHERE t.position > $1 AND t.position < {bound}"
         );
         // Rows at or above the bound all come after the cursor (its event
         // was below an earlier, lower bound).
         let pending = format!(
-            "((SELECT p.transaction_id FROM {s}.events p WHERE p.transaction_id >= {xmin}
-               ORDER BY p.transaction_id LIMIT 1) IS NOT NULL)"
+            "((SELECT p.position FROM {s}.events p WHERE p.position >= {bound}
+               ORDER BY p.position LIMIT 1) IS NOT NULL)"
         );
         let limit = limit_by("$2");
         let protected = |filter: &str| {
@@ -256,15 +255,15 @@ impl Statements {
                 &pending,
                 format!(
                     "SELECT {cols}, NULL, NULL FROM {s}.events
-                     WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin} {filter}
-                     ORDER BY transaction_id, position {limit}"
+                     WHERE position > $1 AND position < {bound} {filter}
+                     ORDER BY position {limit}"
                 ),
             )
         };
         let read_all = protected("");
         let read_all_filtered = protected("AND event_type = ANY($3)");
         // Without gap protection (only for the test that shows why it is
-        // needed): plain position order, which skips late commits.
+        // needed): no bound, so a late commit lands behind the reader.
         let unprotected = |filter: &str| {
             page(
                 &format!("SELECT max(position) FROM {s}.events"),
@@ -278,22 +277,18 @@ impl Statements {
         let read_all_unprotected = unprotected("");
         let read_all_filtered_unprotected = unprotected("AND event_type = ANY($3)");
         let head = format!(
-            "SELECT (SELECT position FROM {s}.events WHERE transaction_id < {xmin}
-                     ORDER BY transaction_id DESC, position DESC LIMIT 1) AS head,
-                    (SELECT transaction_id FROM {s}.events WHERE transaction_id >= {xmin}
-                     ORDER BY transaction_id LIMIT 1) IS NOT NULL AS pending"
+            "SELECT (SELECT max(position) FROM {s}.events WHERE position < {bound}) AS head,
+                    {pending} AS pending"
         );
         let head_unprotected =
             format!("SELECT max(position) AS head, false AS pending FROM {s}.events");
         // `ORDER BY … LIMIT 1` rather than `EXISTS`: the planner then walks
-        // the log-order index from the bound instead of scanning the table.
+        // the primary key from the cursor instead of scanning the table.
         let probe = format!(
-            "SELECT (SELECT transaction_id FROM {s}.events
-                     WHERE (transaction_id, position) > {cursor} AND transaction_id < {xmin}
-                     ORDER BY transaction_id, position LIMIT 1) IS NOT NULL AS visible,
-                    (SELECT transaction_id FROM {s}.events
-                     WHERE (transaction_id, position) > {cursor}
-                     ORDER BY transaction_id, position LIMIT 1) IS NOT NULL AS pending"
+            "SELECT (SELECT position FROM {s}.events WHERE position > $1 AND position < {bound}
+                     ORDER BY position LIMIT 1) IS NOT NULL AS visible,
+                    (SELECT position FROM {s}.events WHERE position > $1
+                     ORDER BY position LIMIT 1) IS NOT NULL AS pending"
         );
         let probe_unprotected = format!(
             "SELECT EXISTS (SELECT 1 FROM {s}.events WHERE position > $1) AS visible, false AS pending"
@@ -439,7 +434,7 @@ mod tests {
         assert!(sql
             .read_all
             .contains("pg_snapshot_xmin(pg_current_snapshot())"));
-        assert!(sql.read_all.contains("ORDER BY transaction_id, position"));
+        assert!(sql.read_all.contains("ORDER BY position"));
         assert!(!sql.read_all_unprotected.contains("pg_snapshot_xmin"));
         assert_eq!(sql.channel, "shop_events");
         assert!(sql.notify.contains("pg_notify('shop_events'"));

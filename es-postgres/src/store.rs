@@ -25,7 +25,7 @@ use crate::row::{
     committed_from_row, db_error, db_error_in, event_from_row, is_null, metadata_json, recorded,
     stored_schema_version, timestamp, to_i32, to_i64, to_u64, EventColumns, EventReader,
 };
-use crate::sql::Statements;
+use crate::sql::{Statements, MAX_APPEND};
 use crate::tx::PgTx;
 
 /// The store's migrations, embedded in the binary. [`PgEventStore`] runs
@@ -755,6 +755,21 @@ enum AppendFailure {
     Other(Error),
 }
 
+/// Refuses an append of more events than its transaction's range of
+/// positions can number ([`MAX_APPEND`]).
+fn check_append_len(stream_id: &StreamId, len: usize) -> Result<()> {
+    if len > MAX_APPEND {
+        return Err(Error::Store {
+            message: format!(
+                "cannot append {len} events to stream `{stream_id}` at once: an append \
+                 holds at most {MAX_APPEND} events in this store; split it into several"
+            ),
+            source: None,
+        });
+    }
+    Ok(())
+}
+
 /// Reads the result of the statement for appends with an idempotency key
 /// or inline projections, with the position of each event written.
 fn append_row(row: &PgRow) -> Result<(AppendRow, Vec<i64>)> {
@@ -916,6 +931,7 @@ impl EventStore for PgEventStore {
                 stream_id: stream_id.clone(),
             });
         }
+        check_append_len(stream_id, events.len())?;
         let columns = EventColumns::encode(&events, Utc::now())?;
         let expected_param = match expected {
             ExpectedVersion::Any => -1,
@@ -1341,5 +1357,23 @@ impl CheckpointStore for PgEventStore {
                 "cannot unpark position {position} of projection `{projection}`"
             )))?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_is_at_most_one_transaction_range_of_positions() {
+        let stream = StreamId::new("import-1");
+        assert!(check_append_len(&stream, 1).is_ok());
+        assert!(check_append_len(&stream, MAX_APPEND).is_ok());
+        let error = check_append_len(&stream, MAX_APPEND + 1)
+            .expect_err("one event more than a range holds")
+            .to_string();
+        assert!(error.contains("1048577 events"), "{error}");
+        assert!(error.contains("`import-1`"), "{error}");
+        assert!(error.contains("at most 1048576"), "{error}");
     }
 }

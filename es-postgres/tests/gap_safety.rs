@@ -2,8 +2,8 @@
 //! total, many in transactions held open for random short times, while a
 //! subscriber follows the global log; the subscriber must receive every
 //! event exactly once, and each stream's events in version order. Three
-//! rounds, each in a fresh schema. Every kind of append stamps its events
-//! with the id of its own, committed, transaction (the log's order).
+//! rounds, each in a fresh schema. Every kind of append numbers its events
+//! in the range of its own, committed, transaction (the log's order).
 //!
 //! The ignored test `without_protection_the_test_catches_a_skip` runs the
 //! same workload with the gap protection switched off (plain position order)
@@ -233,10 +233,7 @@ fn subscriber_receives_every_event_exactly_once_three_times() {
 
 /// The position of the last event in log order, read directly.
 async fn last_position(store: &PgEventStore) -> Position {
-    let sql = format!(
-        "SELECT position FROM \"{}\".events ORDER BY transaction_id DESC, position DESC LIMIT 1",
-        store.schema()
-    );
+    let sql = format!("SELECT max(position) FROM \"{}\".events", store.schema());
     let p: i64 = sqlx::query_scalar(&sql)
         .fetch_one(store.pool())
         .await
@@ -262,7 +259,7 @@ fn without_protection_the_test_catches_a_skip() {
 }
 
 #[test]
-fn every_kind_of_append_stamps_its_events_with_its_own_committed_transaction() {
+fn every_kind_of_append_numbers_its_events_in_its_own_committed_transaction() {
     es_core::testkit::block_on(async {
         common::with_store(PgStoreOptions::new(), 4, |store| async move {
             let typed = |kind: &str, n: usize| NewEvent {
@@ -303,21 +300,29 @@ fn every_kind_of_append_stamps_its_events_with_its_own_committed_transaction() {
                     .await
                     .expect("append");
             }
-            let stamps: Vec<(String, i64, String, String)> = sqlx::query_as(&format!(
-                "SELECT stream_id, count(DISTINCT transaction_id),
-                        min(transaction_id::text), min(pg_xact_status(transaction_id))
-                 FROM \"{}\".events GROUP BY stream_id ORDER BY min(position)",
-                store.schema()
-            ))
-            .fetch_all(store.pool())
-            .await
-            .expect("read the transaction ids");
+            // A position is the appending transaction's id shifted left by
+            // 20 bits plus the event's index in the append.
+            let stamps: Vec<(String, i64, String, String, i64, i64, i64)> =
+                sqlx::query_as(&format!(
+                    "SELECT stream_id, count(DISTINCT position >> 20),
+                            min(position >> 20)::text,
+                            min(pg_xact_status((position >> 20)::text::xid8)),
+                            min(position & 1048575), max(position) - min(position) + 1,
+                            count(*)
+                     FROM \"{}\".events GROUP BY stream_id ORDER BY min(position)",
+                    store.schema()
+                ))
+                .fetch_all(store.pool())
+                .await
+                .expect("read the transaction ids");
             let streams: Vec<&str> = stamps.iter().map(|s| s.0.as_str()).collect();
             assert_eq!(streams, ["one-1", "uniform-1", "mixed-1", "keyed-1"]);
             let mut previous = 0u64;
-            for (stream, distinct, xid, status) in &stamps {
+            for (stream, distinct, xid, status, first_index, span, count) in &stamps {
                 assert_eq!(*distinct, 1, "{stream}: one transaction per append");
                 assert_eq!(status, "committed", "{stream}: the appending transaction");
+                assert_eq!(*first_index, 0, "{stream}: the append's first event");
+                assert_eq!(span, count, "{stream}: one position after another");
                 let xid: u64 = xid.parse().expect("a transaction id");
                 assert!(
                     xid > previous,

@@ -1,17 +1,19 @@
 //! A store can be opened without migrating its schema (for an application
 //! role that may not change it), once a deploy step migrated it: it then
 //! checks that every migration was applied, unchanged, and says which were
-//! not.
+//! not. Migration 3 renumbers the log of an earlier store in the order it
+//! had, with the positions that other tables keep.
 
 mod common;
 
 use es_core::{
-    AppendOptions, EventFilter, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Position,
-    StreamId,
+    AppendOptions, CheckpointStore, EventFilter, EventId, EventStore, ExpectedVersion, Metadata,
+    NewEvent, Position, RecordedEvent, StreamId,
 };
 use es_postgres::{PgEventStore, PgStoreOptions, MIGRATOR};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 fn checked(schema: &str) -> PgStoreOptions {
     PgStoreOptions::new()
@@ -234,4 +236,260 @@ async fn a_role_that_may_only_write_rows_opens_a_migrated_store() {
     let migrating = migrating.expect("the role migrated the schema");
     assert!(migrating.contains("cannot create schema"), "{migrating}");
     opened.expect("open as the application role");
+}
+
+/// Creates `schema` with the migrations before `version` applied, as a
+/// store of an earlier version left it.
+async fn migrated_before(pool: &PgPool, schema: &str, version: i64) {
+    let earlier = Migrator {
+        migrations: MIGRATOR
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    let mut conn = pool.acquire().await.expect("a connection");
+    conn.close_on_drop();
+    for sql in [
+        format!("CREATE SCHEMA \"{schema}\""),
+        format!("SET search_path TO \"{schema}\""),
+    ] {
+        sqlx::query(&sql).execute(&mut *conn).await.expect(&sql);
+    }
+    earlier
+        .run_direct(&mut *conn)
+        .await
+        .expect("the earlier migrations");
+}
+
+/// Inserts an event the way stores before migration 3 did (the position
+/// from a sequence, the transaction id from the column's default) and
+/// answers its position.
+async fn insert_before_3(
+    conn: &mut PgConnection,
+    schema: &str,
+    stream: &str,
+    version: i64,
+    note: &str,
+) -> i64 {
+    sqlx::query_scalar(&format!(
+        "INSERT INTO \"{schema}\".events
+             (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+         VALUES ($1, $2, gen_random_uuid(), 'Noted', 1, json_build_object('note', $3::text), '{{}}', now())
+         RETURNING position"
+    ))
+    .bind(stream)
+    .bind(version)
+    .bind(note)
+    .fetch_one(conn)
+    .await
+    .expect("insert an event the earlier way")
+}
+
+fn note(event: &RecordedEvent) -> String {
+    let payload = event.payload.to_value().expect("a JSON payload");
+    payload["note"].as_str().expect("a note").to_owned()
+}
+
+/// Every message of an error and its sources.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(next) = source {
+        text = format!("{text}: {next}");
+        source = next.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn positions_of_an_earlier_store_are_renumbered_in_their_log_order() {
+    let Some(pool) = common::server(4).await else {
+        return;
+    };
+    let schema = common::unique_schema();
+    migrated_before(&pool, &schema, 3).await;
+
+    // Two transactions that commit out of position order: `a` writes
+    // position 1, `b` writes 2 and commits, `a` writes 3 and commits. The
+    // log's order was (transaction id, position): a1, a2, b1, then c1.
+    let mut a = PgConnection::connect(&common::url()).await.unwrap();
+    let mut b = PgConnection::connect(&common::url()).await.unwrap();
+    execute_on(&mut a, "BEGIN").await;
+    let a1 = insert_before_3(&mut a, &schema, "a", 1, "a1").await;
+    execute_on(&mut b, "BEGIN").await;
+    let b1 = insert_before_3(&mut b, &schema, "b", 1, "b1").await;
+    execute_on(&mut b, "COMMIT").await;
+    let a2 = insert_before_3(&mut a, &schema, "a", 2, "a2").await;
+    execute_on(&mut a, "COMMIT").await;
+    let c1 = insert_before_3(&mut a, &schema, "c", 1, "c1").await;
+    assert_eq!((a1, b1, a2, c1), (1, 2, 3, 4));
+    let s = format!("\"{schema}\"");
+    for sql in [
+        // After a2; before the first event; after b1; after a position
+        // that no event has (it stood after the nearest event before it).
+        format!(
+            "INSERT INTO {s}.checkpoints (projection, position, version)
+             VALUES ('after_a2', 3, 1), ('start', 0, 1), ('after_b1', 2, 1), ('beyond', 9, 1)"
+        ),
+        format!(
+            "INSERT INTO {s}.parked_events (projection, position, stream_id, version, event_id,
+                 event_type, schema_version, payload, metadata, recorded_at, error, parked_at)
+             SELECT 'after_a2', position, stream_id, version, event_id, event_type,
+                    schema_version, payload, metadata, recorded_at, 'failed', now()
+             FROM {s}.events WHERE position = 3"
+        ),
+        format!(
+            "INSERT INTO {s}.idempotency_keys
+                 (key, stream_id, first_version, last_version, first_position, last_position)
+             VALUES ('place-c', 'c', 1, 1, 4, 4)"
+        ),
+    ] {
+        execute(&pool, &sql).await;
+    }
+
+    let store = PgStoreOptions::new()
+        .schema(schema.clone())
+        .open(pool.clone())
+        .await
+        .expect("open, which renumbers the log");
+    let log = store
+        .read_all(Position::START, &EventFilter::all(), 100)
+        .await
+        .expect("read the log");
+    let notes: Vec<String> = log.events.iter().map(note).collect();
+    assert_eq!(notes, ["a1", "a2", "b1", "c1"], "the log keeps its order");
+    let position = |n: &str| log.events[notes.iter().position(|x| x == n).unwrap()].position;
+    assert!(log.events.windows(2).all(|w| w[0].position < w[1].position));
+    // One transaction's events share its range, numbered from its start.
+    assert_eq!(position("a1").0 >> 20, position("a2").0 >> 20);
+    assert_eq!(position("a1").0 & 0xF_FFFF, 0);
+    assert_eq!(position("a2").0, position("a1").0 + 1);
+    assert_eq!(position("b1").0 & 0xF_FFFF, 0);
+
+    let checkpoint = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .load_checkpoint(name)
+                .await
+                .expect("load a checkpoint")
+                .expect("a checkpoint")
+                .position
+        }
+    };
+    assert_eq!(checkpoint("after_a2").await, position("a2"));
+    assert_eq!(checkpoint("start").await, Position::START);
+    assert_eq!(checkpoint("after_b1").await, position("b1"));
+    assert_eq!(checkpoint("beyond").await, position("c1"));
+    let after_a2 = store
+        .read_all(position("a2"), &EventFilter::all(), 100)
+        .await
+        .expect("read after a2");
+    let rest: Vec<String> = after_a2.events.iter().map(note).collect();
+    assert_eq!(rest, ["b1", "c1"], "a checkpoint goes on where it stood");
+
+    let parked = store.parked("after_a2").await.expect("parked events");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event.position, position("a2"));
+    assert_eq!(note(&parked[0].event), "a2");
+    let key = store
+        .find_idempotency_key("place-c")
+        .await
+        .expect("look up the key")
+        .expect("the key");
+    assert_eq!(
+        (key.first_position, key.last_position),
+        (position("c1"), position("c1"))
+    );
+
+    // Appends after the migration come after every renumbered event.
+    round_trip_after(&store, position("c1")).await;
+    store.close().await;
+    pool.close().await;
+    common::drop_schema(&schema).await;
+}
+
+/// Appends one event and reads it, the only event after `after`.
+async fn round_trip_after(store: &PgEventStore, after: Position) {
+    let committed = store
+        .append(
+            &StreamId::new("d"),
+            ExpectedVersion::NoStream,
+            vec![NewEvent {
+                event_id: EventId::new(),
+                event_type: "Noted".to_owned(),
+                schema_version: 1,
+                payload: serde_json::json!({ "note": "d1" }).into(),
+                metadata: Metadata::default(),
+            }],
+            &AppendOptions::default(),
+        )
+        .await
+        .expect("append")
+        .committed()
+        .clone();
+    assert!(committed.first_position > after);
+    let log = store
+        .read_all(after, &EventFilter::all(), 10)
+        .await
+        .expect("read the new event");
+    let notes: Vec<String> = log.events.iter().map(note).collect();
+    assert_eq!(notes, ["d1"]);
+}
+
+async fn execute_on(conn: &mut PgConnection, sql: &str) {
+    sqlx::query(sql).execute(conn).await.expect(sql);
+}
+
+#[tokio::test]
+async fn renumbering_refuses_a_transaction_larger_than_a_range_and_changes_nothing() {
+    let Some(pool) = common::server(2).await else {
+        return;
+    };
+    let schema = common::unique_schema();
+    migrated_before(&pool, &schema, 3).await;
+    let s = format!("\"{schema}\"");
+    // One transaction of 2^20 + 1 events.
+    execute(
+        &pool,
+        &format!(
+            "INSERT INTO {s}.events
+                 (stream_id, version, event_id, event_type, schema_version, payload, metadata, recorded_at)
+             SELECT 'bulk', g, gen_random_uuid(), 'Noted', 1, '{{}}', '{{}}', now()
+             FROM generate_series(1, 1048577) AS g"
+        ),
+    )
+    .await;
+    let error = PgStoreOptions::new()
+        .schema(schema.clone())
+        .migrate(&pool)
+        .await
+        .expect_err("a transaction too large to renumber");
+    let error = chain(&error);
+    assert!(
+        error.contains("cannot renumber the event log")
+            && error.contains("one transaction appended 1048577 events"),
+        "{error}"
+    );
+    let (count, first, last): (i64, i64, i64) = sqlx::query_as(&format!(
+        "SELECT count(*), min(position), max(position) FROM {s}.events"
+    ))
+    .fetch_one(&pool)
+    .await
+    .expect("count the events");
+    assert_eq!((count, first, last), (1_048_577, 1, 1_048_577));
+    let applied: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {s}._sqlx_migrations WHERE version >= 3"
+    ))
+    .fetch_one(&pool)
+    .await
+    .expect("read the applied migrations");
+    assert_eq!(applied, 0, "the migration is not recorded");
+    pool.close().await;
+    common::drop_schema(&schema).await;
 }

@@ -36,13 +36,13 @@ async fn index_entries_read(store: &PgEventStore, index: &str) -> i64 {
 /// Reads one page of `limit` events of the log from the start and answers
 /// how many index entries that took.
 async fn entries_for_a_page(store: &PgEventStore, filter: &EventFilter, limit: usize) -> i64 {
-    let before = index_entries_read(store, "events_log_order").await;
+    let before = index_entries_read(store, "events_pkey").await;
     let page = store
         .read_all(Position::START, filter, limit)
         .await
         .expect("read a page");
     assert_eq!(page.events.len(), limit);
-    index_entries_read(store, "events_log_order").await - before
+    index_entries_read(store, "events_pkey").await - before
 }
 
 fn counted(count: usize) -> Vec<NewEvent> {

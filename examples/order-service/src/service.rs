@@ -116,7 +116,8 @@ pub struct ProjectionView {
     pub position: u64,
     /// The position of the last event of the log.
     pub head: u64,
-    /// How many positions it is behind the log.
+    /// How many positions it is behind the log: 0 once it caught up. Not a
+    /// count of events (positions are not contiguous on PostgreSQL).
     pub lag: u64,
     /// How many events it parked (failed and set aside).
     pub parked: usize,
