@@ -56,9 +56,8 @@ pub(crate) struct Statements {
     pub(crate) create_schema: String,
     pub(crate) set_search_path: String,
     pub(crate) append: String,
-    pub(crate) append_plain: String,
-    pub(crate) append_uniform: String,
-    pub(crate) append_one: String,
+    pub(crate) append_exact: PlainAppends,
+    pub(crate) append_any: PlainAppends,
     pub(crate) read_stream: String,
     pub(crate) replay_stream: String,
     pub(crate) stream_version: String,
@@ -106,6 +105,99 @@ fn limit_by(param: &str) -> String {
     format!("LIMIT (SELECT {param}::int8)")
 }
 
+/// What the events of a plain append follow.
+#[derive(Clone, Copy)]
+enum Follows {
+    /// The expected version, `$2` (0 for no stream).
+    Expected,
+    /// The stream's current version, whatever it is.
+    Current,
+}
+
+/// The statements of the common append (no idempotency key, no inline
+/// projection): the insert alone, with `$1` the stream and `$2` the
+/// expected version. Each answers the first version written and the
+/// positions of the first and last event, null (or no row) when nothing was
+/// written (the expected version did not match).
+///
+/// Whether the expected version holds is checked by the insert itself where
+/// it can be: the unique `(stream_id, version)` key refuses a version
+/// already taken (a stream ahead of the expected version, or one that exists
+/// when none should); only a stream behind it needs a look, whether the
+/// expected version exists. With any version the events follow the
+/// stream's current one. Either way a statement holds only the sub-selects
+/// it runs: each costs the server its set-up on every execution.
+#[derive(Debug)]
+pub(crate) struct PlainAppends {
+    /// One event, with scalar parameters instead of arrays and the row of
+    /// the event written: cheaper, for one event, than collecting what was
+    /// written.
+    pub(crate) one: String,
+    /// Several events, each column an array.
+    pub(crate) many: String,
+    /// Several events that share their type, schema version, metadata and
+    /// time (a bulk append of one kind of event): those are sent once, as
+    /// scalars, and the metadata is read once; only ids and payloads go as
+    /// arrays.
+    pub(crate) uniform: String,
+}
+
+impl PlainAppends {
+    fn new(s: &str, insert: &str, follows: Follows) -> Self {
+        let (version, check) = match follows {
+            Follows::Expected => (
+                "$2::int8".to_owned(),
+                format!(
+                    "WHERE $2::int8 = 0 OR EXISTS
+                         (SELECT 1 FROM {s}.events WHERE stream_id = $1 AND version = $2::int8)"
+                ),
+            ),
+            Follows::Current => (
+                format!("(SELECT COALESCE(MAX(version), 0) FROM {s}.events WHERE stream_id = $1)"),
+                String::new(),
+            ),
+        };
+        // Event `n` (from 1) is at `base + n - 1`; with several events the
+        // base is computed once (an InitPlan).
+        let base = format!("pg_current_xact_id()::text::int8 << {INDEX_BITS}");
+        // One statement draws its positions in insertion order, which is
+        // version order: the least and greatest are the first and last
+        // event's (cheaper than collecting them in order).
+        let written = |select: String| {
+            format!(
+                "WITH written AS ({insert} {select} RETURNING position, version)
+                 SELECT min(version) AS first_version, min(position) AS first_position,
+                        max(position) AS last_position
+                 FROM written"
+            )
+        };
+        Self {
+            one: format!(
+                "{insert}
+                 SELECT {base}, $1, {version} + 1, $3, $4, $5, $6::json, $7::json, $8
+                 {check}
+                 RETURNING version AS first_version, position AS first_position,
+                           position AS last_position"
+            ),
+            many: written(format!(
+                "SELECT (SELECT {base}) + e.n - 1, $1, {version} + e.n, e.event_id, e.event_type,
+                        e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
+                 FROM unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
+                          WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
+                 {check}
+                 ORDER BY e.n"
+            )),
+            uniform: written(format!(
+                "SELECT (SELECT {base}) + e.n - 1, $1, {version} + e.n, e.event_id, $5, $6,
+                        e.payload::json, (SELECT $7::json), $8
+                 FROM unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS e(event_id, payload, n)
+                 {check}
+                 ORDER BY e.n"
+            )),
+        }
+    }
+}
+
 impl Statements {
     /// Renders every statement for a schema that passed [`validate_schema`].
     pub(crate) fn new(schema: &str) -> Result<Self> {
@@ -117,17 +209,15 @@ impl Statements {
         // Computed once per statement (an InitPlan).
         let bound =
             format!("(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 << {INDEX_BITS})");
-        // Every append reads the stream's current version and the first
-        // position of the appending transaction's range once, in one
-        // sub-select (`current`); `extra` adds columns computed there once
-        // too. Event `n` (from 1) of the append is at `base + n - 1`.
-        let current = |extra: &str| {
-            format!(
-                "SELECT COALESCE(MAX(version), 0) AS version,
-                        pg_current_xact_id()::text::int8 << {INDEX_BITS} AS base{extra}
-                 FROM {s}.events WHERE stream_id = $1"
-            )
-        };
+        // The append with an idempotency key reads the stream's current
+        // version and the first position of the appending transaction's
+        // range once, in one sub-select (`current`). Event `n` (from 1) of
+        // an append is at `base + n - 1`.
+        let current = format!(
+            "SELECT COALESCE(MAX(version), 0) AS version,
+                    pg_current_xact_id()::text::int8 << {INDEX_BITS} AS base
+             FROM {s}.events WHERE stream_id = $1"
+        );
         let insert = format!(
             "INSERT INTO {s}.events
                 (position, stream_id, version, event_id, event_type, schema_version,
@@ -165,59 +255,10 @@ impl Statements {
                    p.stream_id AS prior_stream_id, p.first_version AS prior_first_version,
                    p.last_version AS prior_last_version, p.first_position AS prior_first_position,
                    p.last_position AS prior_last_position
-            FROM current c CROSS JOIN written w LEFT JOIN prior p ON true",
-            current = current("")
+            FROM current c CROSS JOIN written w LEFT JOIN prior p ON true"
         );
-        // The common append (no idempotency key, no inline projection): the
-        // insert alone. It answers the first version written and the
-        // positions of the first and last event, null (or no row) when the
-        // expected version did not match (nothing was written). One
-        // statement draws its positions in insertion order, which is
-        // version order: the least and greatest are the first and last
-        // event's (cheaper than collecting them in order).
-        let written = |select: String| {
-            format!(
-                "WITH written AS ({insert} {select} RETURNING position, version)
-                 SELECT min(version) AS first_version, min(position) AS first_position,
-                        max(position) AS last_position
-                 FROM written"
-            )
-        };
-        let append_plain = written(format!(
-            "SELECT current.base + e.n - 1, $1, current.version + e.n, e.event_id, e.event_type,
-                    e.schema_version, e.payload::json, e.metadata::json, e.recorded_at
-             FROM ({current}) AS current,
-                  unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::timestamptz[])
-                      WITH ORDINALITY AS e(event_id, event_type, schema_version, payload, metadata, recorded_at, n)
-             WHERE $2::int8 < 0 OR current.version = $2::int8
-             ORDER BY e.n",
-            current = current("")
-        ));
-        // The same when the events share their type, schema version,
-        // metadata and time (a bulk append of one kind of event): those are
-        // sent once, as scalars, and the metadata is read once; only ids and
-        // payloads go as arrays.
-        let append_uniform = written(format!(
-            "SELECT current.base + e.n - 1, $1, current.version + e.n, e.event_id, $5, $6, e.payload::json,
-                    current.metadata, $8
-             FROM ({current}) AS current,
-                  unnest($3::uuid[], $4::text[]) WITH ORDINALITY AS e(event_id, payload, n)
-             WHERE $2::int8 < 0 OR current.version = $2::int8
-             ORDER BY e.n",
-            current = current(", $7::json AS metadata")
-        ));
-        // The same for one event, with scalar parameters instead of arrays
-        // and the row of the one event written (none when nothing was):
-        // cheaper, for one event, than collecting what was written.
-        let append_one = format!(
-            "{insert}
-             SELECT current.base, $1, current.version + 1, $3, $4, $5, $6::json, $7::json, $8
-             FROM ({current}) AS current
-             WHERE $2::int8 < 0 OR current.version = $2::int8
-             RETURNING version AS first_version, position AS first_position,
-                       position AS last_position",
-            current = current("")
-        );
+        let exact = PlainAppends::new(&s, &insert, Follows::Expected);
+        let any = PlainAppends::new(&s, &insert, Follows::Current);
         // Every read of the log answers, in one statement (so with one
         // snapshot), a header row and then the page's events. The header
         // has no event (a null position) and two columns that the events
@@ -298,9 +339,8 @@ impl Statements {
             create_schema: format!("CREATE SCHEMA IF NOT EXISTS {s}"),
             set_search_path: format!("SET search_path TO {s}"),
             append,
-            append_plain,
-            append_uniform,
-            append_one,
+            append_exact: exact,
+            append_any: any,
             replay_stream: format!(
                 "SELECT position, version, event_type, schema_version, payload
                  FROM {s}.events WHERE stream_id = $1 AND version >= $2"

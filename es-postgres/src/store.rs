@@ -531,15 +531,20 @@ impl PgEventStore {
         columns: &EventColumns<'_>,
     ) -> std::result::Result<AppendRow, AppendFailure> {
         let sql = &self.shared.sql;
+        let appends = if expected < 0 {
+            &sql.append_any
+        } else {
+            &sql.append_exact
+        };
         let statement = |statement| {
             sqlx::query(statement)
                 .bind(stream_id.as_str())
                 .bind(expected)
         };
         let query = columns
-            .bind_one_to(|| statement(&sql.append_one))
-            .or_else(|| columns.bind_uniform_to(|| statement(&sql.append_uniform)))
-            .unwrap_or_else(|| columns.bind_to(statement(&sql.append_plain)));
+            .bind_one_to(|| statement(&appends.one))
+            .or_else(|| columns.bind_uniform_to(|| statement(&appends.uniform)))
+            .unwrap_or_else(|| columns.bind_to(statement(&appends.many)));
         let row = query
             .fetch_optional(&self.shared.pool)
             .await

@@ -251,6 +251,41 @@ pub async fn expected_version_conflicts<S: ConformanceStore>(store: S) {
     assert_eq!(ns, [1, 5, 6], "refused appends must write nothing");
     let versions: Vec<u64> = events.iter().map(|e| e.version.0).collect();
     assert_eq!(versions, [1, 2, 3]);
+    // Behind and ahead of the stream, with one event, several of one kind
+    // and several of different kinds (a store may write each its own way).
+    for expected in [1, 2, 4, 9] {
+        let batches = [
+            vec![numbered("A", 7)],
+            vec![numbered("A", 7), numbered("A", 8)],
+            vec![numbered("A", 7), numbered("B", 8)],
+        ];
+        for events in batches {
+            let count = events.len();
+            let refused = store
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(Version(expected)),
+                    events,
+                    &none(),
+                )
+                .await;
+            assert!(
+                matches!(
+                    &refused,
+                    Err(Error::Conflict {
+                        actual: Version(3),
+                        ..
+                    })
+                ),
+                "expected v{expected} with {count} events on a stream at v3: {refused:?}"
+            );
+        }
+    }
+    assert_eq!(
+        store.stream_version(&stream).await.unwrap(),
+        Version(3),
+        "refused appends must write nothing"
+    );
 }
 
 /// Eight writers append to one stream at the same expected versions:
