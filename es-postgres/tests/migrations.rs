@@ -266,6 +266,15 @@ async fn migrated_before(pool: &PgPool, schema: &str, version: i64) {
         .expect("the earlier migrations");
 }
 
+/// A pool to the test server and a fresh schema as stores before migration
+/// 3 left it; `None` when the server is missing outside CI.
+async fn before_renumbering(max_connections: u32) -> Option<(PgPool, String)> {
+    let pool = common::server(max_connections).await?;
+    let schema = common::unique_schema();
+    migrated_before(&pool, &schema, 3).await;
+    Some((pool, schema))
+}
+
 /// Inserts an event the way stores before migration 3 did (the position
 /// from a sequence, the transaction id from the column's default) and
 /// answers its position.
@@ -308,11 +317,9 @@ fn chain(error: &dyn std::error::Error) -> String {
 
 #[tokio::test]
 async fn positions_of_an_earlier_store_are_renumbered_in_their_log_order() {
-    let Some(pool) = common::server(4).await else {
+    let Some((pool, schema)) = before_renumbering(4).await else {
         return;
     };
-    let schema = common::unique_schema();
-    migrated_before(&pool, &schema, 3).await;
 
     // Two transactions that commit out of position order: `a` writes
     // position 1, `b` writes 2 and commits, `a` writes 3 and commits. The
@@ -448,11 +455,9 @@ async fn execute_on(conn: &mut PgConnection, sql: &str) {
 
 #[tokio::test]
 async fn renumbering_refuses_a_transaction_larger_than_a_range_and_changes_nothing() {
-    let Some(pool) = common::server(2).await else {
+    let Some((pool, schema)) = before_renumbering(2).await else {
         return;
     };
-    let schema = common::unique_schema();
-    migrated_before(&pool, &schema, 3).await;
     let s = format!("\"{schema}\"");
     // One transaction of 2^20 + 1 events.
     execute(
