@@ -1,14 +1,14 @@
 -- Positions become the log's order. An event's position is its appending
--- transaction's id shifted left by 20 bits, plus its index in that
--- transaction's append (0 for the first event):
+-- transaction's id times 2^20, plus its index in that transaction's append
+-- (0 for the first event):
 --
---     position = (transaction id << 20) + index
+--     position = transaction id * 1048576 + index
 --
 -- The log was read in (`transaction_id`, `position`) order through a third
 -- index; now the position alone is that order, the primary key is the log's
 -- index, and the `transaction_id` column and its index go. Readers still
 -- read only below the oldest transaction running (`pg_snapshot_xmin`,
--- shifted the same way), so the log stays gap-safe. Like 0001, this runs
+-- multiplied the same way), so the log stays gap-safe. Like 0001, this runs
 -- with `search_path` set to the store's schema.
 --
 -- Existing events are renumbered in the log order they had, and the
@@ -32,7 +32,7 @@ $$;
 
 CREATE TEMPORARY TABLE renumbered ON COMMIT DROP AS
 SELECT position AS old,
-       ((transaction_id::text::int8) << 20)
+       transaction_id::text::int8 * 1048576
            + row_number() OVER (PARTITION BY transaction_id ORDER BY position) - 1 AS new
 FROM events;
 CREATE INDEX ON renumbered (old);

@@ -96,15 +96,15 @@
 //! sequence, position 11 may be visible while position 10 is still being
 //! written, and a reader that went on from 11 would never see 10. So a
 //! position here is not drawn from a sequence: it is the appending
-//! transaction's id (`pg_current_xact_id()`) shifted left by 20 bits, plus
-//! the event's index in the append:
+//! transaction's id (`pg_current_xact_id()`) times 2^20, plus the event's
+//! index in the append:
 //!
 //! ```text
-//! position = (transaction id << 20) + index      (index 0 ..= 1,048,575)
+//! position = transaction id × 1,048,576 + index      (index 0 ..= 1,048,575)
 //! ```
 //!
 //! Readers only read positions below `pg_snapshot_xmin(pg_current_snapshot())
-//! << 20`: every transaction below that bound has ended, so no event can
+//! × 1,048,576`: every transaction below that bound has ended, so no event can
 //! appear behind the reader any more, and a reader's cursor is the position
 //! of the last event it read. The primary key is the log's only index.
 //!
@@ -117,7 +117,10 @@
 //! holds at most 1,048,576 events (a larger one is refused; split it), and
 //! positions stay below 2^53, which a JSON number carries exactly, for the
 //! first 8.5 billion writing transactions of the server (ids are
-//! server-wide).
+//! server-wide). Positions run out at transaction id 2^43 (8.8 trillion:
+//! 27 years of 10,000 writing transactions a second); an append past it
+//! fails with an error (`bigint out of range`) rather than number an event
+//! out of order.
 //!
 //! **Pages.** A page of the log is one statement, so one snapshot and one
 //! round trip, also when it is empty: it walks the primary key from the

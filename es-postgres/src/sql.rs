@@ -84,14 +84,16 @@ pub(crate) struct Statements {
     pub(crate) lease_key: String,
 }
 
-/// How many low bits of a position number the event within its
-/// transaction's append; the bits above hold the transaction id (see the
-/// crate docs).
-pub(crate) const INDEX_BITS: u32 = 20;
+/// How many positions each transaction has: a position is the appending
+/// transaction's id times this, plus the event's index in the append (see
+/// the crate docs). A multiplication, not a shift, so that a transaction id
+/// too large for the product (2^43 and above) fails the statement instead of
+/// wrapping around.
+const RANGE: i64 = 1 << 20;
 
 /// The most events one append can write: one position per event within its
 /// transaction's range.
-pub(crate) const MAX_APPEND: usize = 1 << INDEX_BITS;
+pub(crate) const MAX_APPEND: usize = 1 << 20;
 
 /// `LIMIT` by the parameter `param`, read in a sub-select that the planner
 /// cannot see into. Not knowing the page's size, it plans for a small share
@@ -159,7 +161,7 @@ impl PlainAppends {
         };
         // Event `n` (from 1) is at `base + n - 1`; with several events the
         // base is computed once (an InitPlan).
-        let base = format!("pg_current_xact_id()::text::int8 << {INDEX_BITS}");
+        let base = format!("pg_current_xact_id()::text::int8 * {RANGE}");
         // One statement draws its positions in insertion order, which is
         // version order: the least and greatest are the first and last
         // event's (cheaper than collecting them in order).
@@ -208,14 +210,14 @@ impl Statements {
         // transaction still running; every transaction below it has ended.
         // Computed once per statement (an InitPlan).
         let bound =
-            format!("(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 << {INDEX_BITS})");
+            format!("(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 * {RANGE})");
         // The append with an idempotency key reads the stream's current
         // version and the first position of the appending transaction's
         // range once, in one sub-select (`current`). Event `n` (from 1) of
         // an append is at `base + n - 1`.
         let current = format!(
             "SELECT COALESCE(MAX(version), 0) AS version,
-                    pg_current_xact_id()::text::int8 << {INDEX_BITS} AS base
+                    pg_current_xact_id()::text::int8 * {RANGE} AS base
              FROM {s}.events WHERE stream_id = $1"
         );
         let insert = format!(

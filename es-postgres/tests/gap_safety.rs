@@ -300,8 +300,8 @@ fn every_kind_of_append_numbers_its_events_in_its_own_committed_transaction() {
                     .await
                     .expect("append");
             }
-            // A position is the appending transaction's id shifted left by
-            // 20 bits plus the event's index in the append.
+            // A position is the appending transaction's id times 2^20 plus
+            // the event's index in the append.
             let stamps: Vec<(String, i64, String, String, i64, i64, i64)> =
                 sqlx::query_as(&format!(
                     "SELECT stream_id, count(DISTINCT position >> 20),
