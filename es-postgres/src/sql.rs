@@ -99,10 +99,10 @@ pub(crate) const MAX_APPEND: usize = 1 << 20;
 /// cannot see into. Not knowing the page's size, it plans for a small share
 /// of the rows that match, so a page always comes off the index in the
 /// read's order, from where the read starts to the page's end. Seeing a page
-/// larger than the rows it expects to match (below the log's bound, which
-/// it cannot see either, or in a stream that grew since the table's statistics were
-/// taken), it would read and sort every matching row instead: a cost that
-/// grows with the log or the stream, not with the page.
+/// larger than the rows it expects to match (below the log's bound, which it
+/// cannot see either, or in a stream that grew since the table's statistics
+/// were taken), it would read and sort every matching row instead: a cost
+/// that grows with the log or the stream, not with the page.
 fn limit_by(param: &str) -> String {
     format!("LIMIT (SELECT {param}::int8)")
 }
