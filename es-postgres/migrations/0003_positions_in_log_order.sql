@@ -30,21 +30,16 @@ BEGIN
 END
 $$;
 
-CREATE TEMPORARY TABLE renumbered ON COMMIT DROP AS
+-- The old and new position of every event. A table of the schema, dropped
+-- at the end (a temporary one would need the TEMPORARY privilege, which a
+-- hardened database may not grant the role that migrates).
+CREATE TABLE renumbered AS
 SELECT position AS old,
        transaction_id::text::int8 * 1048576
            + row_number() OVER (PARTITION BY transaction_id ORDER BY position) - 1 AS new
 FROM events;
-CREATE INDEX ON renumbered (old);
+CREATE UNIQUE INDEX ON renumbered (old);
 ANALYZE renumbered;
-
--- The position of the event that a stored position stood for: the event at
--- that position, or else the nearest one before it (a reader's cursor "after
--- p" meant after that event); 0 before the first event.
-CREATE FUNCTION pg_temp.renumbered_position(p bigint) RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= p ORDER BY r.old DESC LIMIT 1), 0)
-$$;
 
 ALTER TABLE events DROP CONSTRAINT events_pkey;
 ALTER TABLE events ALTER COLUMN position DROP IDENTITY;
@@ -53,14 +48,24 @@ ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (position);
 DROP INDEX events_log_order;
 ALTER TABLE events DROP COLUMN transaction_id;
 
-UPDATE checkpoints SET position = pg_temp.renumbered_position(position) WHERE position > 0;
+-- A stored position stands for the event at it, or else for the nearest
+-- event before it (a reader's cursor "after p" meant after that event); 0
+-- stays before the first event.
+UPDATE checkpoints c
+SET position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= c.position
+                         ORDER BY r.old DESC LIMIT 1), 0)
+WHERE c.position > 0;
 
-UPDATE idempotency_keys
-SET first_position = pg_temp.renumbered_position(first_position),
-    last_position = pg_temp.renumbered_position(last_position);
+UPDATE idempotency_keys k
+SET first_position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= k.first_position
+                               ORDER BY r.old DESC LIMIT 1), 0),
+    last_position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= k.last_position
+                              ORDER BY r.old DESC LIMIT 1), 0);
 
 ALTER TABLE parked_events DROP CONSTRAINT parked_events_pkey;
-UPDATE parked_events SET position = pg_temp.renumbered_position(position);
+UPDATE parked_events p
+SET position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= p.position
+                         ORDER BY r.old DESC LIMIT 1), 0);
 ALTER TABLE parked_events ADD CONSTRAINT parked_events_pkey PRIMARY KEY (projection, position);
 
-DROP FUNCTION pg_temp.renumbered_position(bigint);
+DROP TABLE renumbered;

@@ -364,6 +364,27 @@ async fn positions_of_an_earlier_store_are_renumbered_in_their_log_order() {
         .open(pool.clone())
         .await
         .expect("open, which renumbers the log");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1
+         ORDER BY table_name",
+    )
+    .bind(&schema)
+    .fetch_all(&pool)
+    .await
+    .expect("list the tables");
+    assert_eq!(
+        left,
+        [
+            "_sqlx_migrations",
+            "checkpoints",
+            "events",
+            "idempotency_keys",
+            "inbox",
+            "parked_events",
+            "snapshots"
+        ],
+        "the migration leaves no table of its own"
+    );
     let log = store
         .read_all(Position::START, &EventFilter::all(), 100)
         .await
