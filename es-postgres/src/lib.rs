@@ -132,7 +132,11 @@
 //! index; the migration that drops them renumbers the stored events in the
 //! log order they had, and the positions of checkpoints, parked events and
 //! idempotency keys with them, in one transaction. Positions published
-//! before it (in broker messages, say) keep the old numbers there.
+//! before it (in broker messages, say) keep the old numbers there. It
+//! rewrites every event under an exclusive lock of the table, so appends
+//! and reads wait for it: about 14 seconds per million events on a small
+//! (2-core) server. It refuses, changing nothing, a log where one
+//! transaction appended more than 1,048,576 events.
 //!
 //! **What it costs.** A reader waits for the oldest transaction still
 //! running *anywhere on the server* (transaction ids are server-wide) that
