@@ -7,9 +7,7 @@
 
 mod common;
 
-es_core::store_conformance_tests!(async {
-    common::TestStore::new(Some(common::serial().await)).await
-});
+es_core::store_conformance_tests!(async { common::fixture(Some(common::serial().await)).await });
 
 /// The inbox's claims, in the store's transaction (skipped outside CI when
 /// the server is missing).

@@ -28,6 +28,43 @@ impl<S> ConformanceStore for S where
 {
 }
 
+/// What a factory of [`store_conformance_tests!`](crate::store_conformance_tests)
+/// returns: a store, or a store and a guard that the case keeps until it
+/// ends (one that drops the case's test database when dropped, say), so
+/// that the store need not carry the guard itself.
+///
+/// ```
+/// use es_core::testkit::conformance::Fixture;
+///
+/// struct DropsTheDatabase;
+/// let (store, _guard) = (es_core::InMemoryStore::new(), DropsTheDatabase).split();
+/// let (_same, ()) = store.split();
+/// ```
+pub trait Fixture {
+    /// The store the case runs against.
+    type Store: ConformanceStore;
+    /// What the case keeps until it ends.
+    type Guard;
+    /// The store and the guard.
+    fn split(self) -> (Self::Store, Self::Guard);
+}
+
+impl<S: ConformanceStore> Fixture for S {
+    type Store = S;
+    type Guard = ();
+    fn split(self) -> (S, ()) {
+        (self, ())
+    }
+}
+
+impl<S: ConformanceStore, G> Fixture for (S, G) {
+    type Store = S;
+    type Guard = G;
+    fn split(self) -> (S, G) {
+        self
+    }
+}
+
 /// A new event of type `event_type` with payload `payload`.
 pub fn new_event(event_type: &str, payload: Value) -> NewEvent {
     NewEvent {
@@ -1087,8 +1124,10 @@ pub async fn concurrent_streams_complete_log<S: ConformanceStore>(store: S) {
 }
 
 /// Writes one `#[test]` per conformance case, each with a fresh store from
-/// `$factory` (an expression returning a future of the store) on a
-/// multi-threaded tokio runtime.
+/// `$factory` (an expression returning a future of the store, or of the
+/// store and a guard kept until the case ends: a
+/// [`Fixture`](crate::testkit::conformance::Fixture)) on a multi-threaded
+/// tokio runtime.
 ///
 /// ```
 /// es_core::store_conformance_tests!(async { es_core::InMemoryStore::new() });
@@ -1119,7 +1158,8 @@ macro_rules! store_conformance_tests {
             #[test]
             fn $case() {
                 $crate::testkit::block_on(async {
-                    let store = $factory.await;
+                    let (store, _guard) =
+                        $crate::testkit::conformance::Fixture::split($factory.await);
                     $crate::testkit::conformance::$case(store).await;
                 });
             }

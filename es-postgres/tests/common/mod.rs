@@ -13,12 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Once};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use es_core::{
-    AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, EventFilter, EventStore,
-    ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Result, Snapshot,
-    SnapshotStore, StreamId, Version,
-};
 use es_postgres::{PgEventStore, PgStoreOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -164,10 +158,9 @@ pub async fn serial() -> tokio::sync::OwnedMutexGuard<()> {
     Arc::clone(&SERIAL).lock_owned().await
 }
 
-/// Drops its schema when the last clone of the store that holds it is gone,
-/// then lets the next serial test go.
+/// Drops its schema when dropped, then lets the next serial test go.
 #[derive(Debug)]
-struct SchemaGuard(String, Option<tokio::sync::OwnedMutexGuard<()>>);
+pub struct SchemaGuard(String, Option<tokio::sync::OwnedMutexGuard<()>>);
 
 impl Drop for SchemaGuard {
     fn drop(&mut self) {
@@ -186,125 +179,24 @@ impl Drop for SchemaGuard {
     }
 }
 
-/// A [`PgEventStore`] in a fresh schema that is dropped with the last clone:
-/// the store the conformance suite runs against.
-#[derive(Clone, Debug)]
-pub struct TestStore {
-    pub store: PgEventStore,
-    guard: Arc<SchemaGuard>,
-}
-
-impl TestStore {
-    /// A store in a fresh schema, holding `serial` (if given) until the
-    /// schema is dropped. Panics when the server is missing: the
-    /// conformance suite's factory cannot skip.
-    pub async fn new(serial: Option<tokio::sync::OwnedMutexGuard<()>>) -> Self {
-        let pool = connect(12).await.unwrap_or_else(|error| {
-            panic!(
-                "the conformance suite needs PostgreSQL at {} (user postgres, trust auth): {error}",
-                url()
-            )
-        });
-        let schema = unique_schema();
-        let store = PgStoreOptions::new()
-            .schema(schema.clone())
-            .open(pool)
-            .await
-            .expect("open the store in a fresh schema");
-        Self {
-            store,
-            guard: Arc::new(SchemaGuard(schema, serial)),
-        }
-    }
-}
-
-#[async_trait]
-impl EventStore for TestStore {
-    async fn append(
-        &self,
-        stream_id: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-        options: &AppendOptions,
-    ) -> Result<AppendOutcome> {
-        self.store
-            .append(stream_id, expected, events, options)
-            .await
-    }
-
-    async fn read_stream(
-        &self,
-        stream_id: &StreamId,
-        from: Version,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>> {
-        self.store.read_stream(stream_id, from, limit).await
-    }
-
-    async fn stream_version(&self, stream_id: &StreamId) -> Result<Version> {
-        self.store.stream_version(stream_id).await
-    }
-
-    async fn read_all(
-        &self,
-        after: Position,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<LogSlice> {
-        self.store.read_all(after, filter, limit).await
-    }
-
-    async fn head(&self) -> Result<Position> {
-        self.store.head().await
-    }
-
-    async fn wait_for_events(&self, after: Position, timeout: Duration) -> Result<bool> {
-        self.store.wait_for_events(after, timeout).await
-    }
-
-    async fn find_idempotency_key(&self, key: &str) -> Result<Option<Committed>> {
-        self.store.find_idempotency_key(key).await
-    }
-}
-
-#[async_trait]
-impl SnapshotStore for TestStore {
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.store.save_snapshot(snapshot).await
-    }
-
-    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
-        self.store.load_snapshot(stream_id).await
-    }
-
-    async fn replay_from_snapshot(
-        &self,
-        stream_id: &StreamId,
-        replay: &mut dyn es_core::Replay,
-    ) -> es_core::Result<()> {
-        self.store.replay_from_snapshot(stream_id, replay).await
-    }
-}
-
-#[async_trait]
-impl CheckpointStore for TestStore {
-    async fn load_checkpoint(&self, projection: &str) -> Result<Option<Checkpoint>> {
-        self.store.load_checkpoint(projection).await
-    }
-
-    async fn save_checkpoint(&self, projection: &str, checkpoint: Checkpoint) -> Result<()> {
-        self.store.save_checkpoint(projection, checkpoint).await
-    }
-
-    async fn park(&self, parked: ParkedEvent) -> Result<()> {
-        self.store.park(parked).await
-    }
-
-    async fn parked(&self, projection: &str) -> Result<Vec<ParkedEvent>> {
-        self.store.parked(projection).await
-    }
-
-    async fn unpark(&self, projection: &str, position: Position) -> Result<bool> {
-        self.store.unpark(projection, position).await
-    }
+/// A [`PgEventStore`] in a fresh schema, with the guard that drops the
+/// schema (and then lets the next serial test go) at the end of the case:
+/// the conformance suite's fixture. Holds `serial` (if given) until then.
+/// Panics when the server is missing: the suite's factory cannot skip.
+pub async fn fixture(
+    serial: Option<tokio::sync::OwnedMutexGuard<()>>,
+) -> (PgEventStore, SchemaGuard) {
+    let pool = connect(12).await.unwrap_or_else(|error| {
+        panic!(
+            "the conformance suite needs PostgreSQL at {} (user postgres, trust auth): {error}",
+            url()
+        )
+    });
+    let schema = unique_schema();
+    let store = PgStoreOptions::new()
+        .schema(schema.clone())
+        .open(pool)
+        .await
+        .expect("open the store in a fresh schema");
+    (store, SchemaGuard(schema, serial))
 }
