@@ -68,12 +68,18 @@ fn footprint(event: &RecordedEvent) -> usize {
 /// ```
 /// use std::sync::Arc;
 /// use es_core::{EventFilter, EventStore, ExpectedVersion, InMemoryStore, LogReader, Position, StreamId};
-/// # use es_core::AppendOptions;
+/// # use es_core::{AppendOptions, EventId, Metadata, NewEvent};
 ///
-/// # es_core::testkit::block_on(async {
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let store = Arc::new(InMemoryStore::new());
 /// # for i in 0..5 {
-/// #     let event = es_core::testkit::conformance::new_event("Added", serde_json::json!({ "i": i }));
+/// #     let event = NewEvent {
+/// #         event_id: EventId::new(),
+/// #         event_type: "Added".to_owned(),
+/// #         schema_version: 1,
+/// #         payload: serde_json::json!({ "i": i }).into(),
+/// #         metadata: Metadata::default(),
+/// #     };
 /// #     store.append(&StreamId::new(format!("s-{i}")), ExpectedVersion::NoStream, vec![event], &AppendOptions::default()).await?;
 /// # }
 /// let mut reader = LogReader::new(store, Position::START, EventFilter::all(), 2);
