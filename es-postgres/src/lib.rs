@@ -113,7 +113,8 @@
 //! in version order (an append's transaction gets its id at its insert,
 //! after the previous version committed). Positions grow along the log but
 //! are not contiguous: one append's events are numbered one after another,
-//! and the next transaction's start 2^20 positions apart, or more. An append
+//! and a later transaction's events start at least 2^20 positions further
+//! on. An append
 //! holds at most 1,048,576 events (a larger one is refused; split it), and
 //! positions stay below 2^53, which a JSON number carries exactly, for the
 //! first 8.5 billion writing transactions of the server (ids are
