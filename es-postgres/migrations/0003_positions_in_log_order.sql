@@ -50,22 +50,23 @@ ALTER TABLE events DROP COLUMN transaction_id;
 
 -- A stored position stands for the event at it, or else for the nearest
 -- event before it (a reader's cursor "after p" meant after that event); 0
--- stays before the first event.
-UPDATE checkpoints c
-SET position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= c.position
-                         ORDER BY r.old DESC LIMIT 1), 0)
-WHERE c.position > 0;
+-- stays before the first event. A function of the schema, dropped at the
+-- end like the table.
+CREATE FUNCTION renumbered_position(p bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= p
+                     ORDER BY r.old DESC LIMIT 1), 0)
+$$;
 
-UPDATE idempotency_keys k
-SET first_position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= k.first_position
-                               ORDER BY r.old DESC LIMIT 1), 0),
-    last_position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= k.last_position
-                              ORDER BY r.old DESC LIMIT 1), 0);
+UPDATE checkpoints SET position = renumbered_position(position) WHERE position > 0;
+
+UPDATE idempotency_keys
+SET first_position = renumbered_position(first_position),
+    last_position = renumbered_position(last_position);
 
 ALTER TABLE parked_events DROP CONSTRAINT parked_events_pkey;
-UPDATE parked_events p
-SET position = COALESCE((SELECT r.new FROM renumbered r WHERE r.old <= p.position
-                         ORDER BY r.old DESC LIMIT 1), 0);
+UPDATE parked_events SET position = renumbered_position(position);
 ALTER TABLE parked_events ADD CONSTRAINT parked_events_pkey PRIMARY KEY (projection, position);
 
+DROP FUNCTION renumbered_position(bigint);
 DROP TABLE renumbered;

@@ -114,11 +114,10 @@
 //! after the previous version committed). Positions grow along the log but
 //! are not contiguous: one append's events are numbered one after another,
 //! and a later transaction's events start at least 2^20 positions further
-//! on. An append
-//! holds at most 1,048,576 events (a larger one is refused; split it), and
-//! positions stay below 2^53, which a JSON number carries exactly, for the
-//! first 8.5 billion writing transactions of the server (ids are
-//! server-wide). Positions run out at transaction id 2^43 (8.8 trillion:
+//! on. An append holds at most 1,048,576 events (a larger one is refused;
+//! split it), and positions stay below 2^53, which a JSON number carries
+//! exactly, for the first 8.5 billion writing transactions of the server
+//! (ids are server-wide). Positions run out at transaction id 2^43 (8.8 trillion:
 //! 27 years of 10,000 writing transactions a second); an append past it
 //! fails with an error (`bigint out of range`) rather than number an event
 //! out of order.

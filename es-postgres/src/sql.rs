@@ -84,16 +84,23 @@ pub(crate) struct Statements {
     pub(crate) lease_key: String,
 }
 
-/// How many positions each transaction has: a position is the appending
-/// transaction's id times this, plus the event's index in the append (see
-/// the crate docs). A multiplication, not a shift, so that a transaction id
-/// too large for the product (2^43 and above) fails the statement instead of
-/// wrapping around.
-const RANGE: i64 = 1 << 20;
+/// How many low bits of a position hold the event's index in its append;
+/// the bits above hold the appending transaction's id (see the crate docs).
+const INDEX_BITS: u32 = 20;
+
+/// How many positions each transaction has.
+const RANGE: i64 = 1 << INDEX_BITS;
 
 /// The most events one append can write: one position per event within its
 /// transaction's range.
-pub(crate) const MAX_APPEND: usize = 1 << 20;
+pub(crate) const MAX_APPEND: usize = 1 << INDEX_BITS;
+
+/// The first position of the appending transaction's range. A
+/// multiplication, not a shift, so that a transaction id too large for the
+/// product (2^43 and above) fails the statement instead of wrapping around.
+fn transaction_base() -> String {
+    format!("pg_current_xact_id()::text::int8 * {RANGE}")
+}
 
 /// `LIMIT` by the parameter `param`, read in a sub-select that the planner
 /// cannot see into. Not knowing the page's size, it plans for a small share
@@ -161,7 +168,7 @@ impl PlainAppends {
         };
         // Event `n` (from 1) is at `base + n - 1`; with several events the
         // base is computed once (an InitPlan).
-        let base = format!("pg_current_xact_id()::text::int8 * {RANGE}");
+        let base = transaction_base();
         // One statement draws its positions in insertion order, which is
         // version order: the least and greatest are the first and last
         // event's (cheaper than collecting them in order).
@@ -216,9 +223,9 @@ impl Statements {
         // range once, in one sub-select (`current`). Event `n` (from 1) of
         // an append is at `base + n - 1`.
         let current = format!(
-            "SELECT COALESCE(MAX(version), 0) AS version,
-                    pg_current_xact_id()::text::int8 * {RANGE} AS base
-             FROM {s}.events WHERE stream_id = $1"
+            "SELECT COALESCE(MAX(version), 0) AS version, {base} AS base
+             FROM {s}.events WHERE stream_id = $1",
+            base = transaction_base()
         );
         let insert = format!(
             "INSERT INTO {s}.events
@@ -270,8 +277,9 @@ impl Statements {
         // to end (the reader then waits briefly for it, so a short
         // transaction elsewhere does not hide a writer's own append). The
         // header's columns are computed once (InitPlans) and sent once; the
-        // events come straight off the primary key (the log's order), each with nulls in
-        // place of the two (nulls cost the server no conversion).
+        // events come straight off the primary key (the log's order), each
+        // with nulls in place of the two (nulls cost the server no
+        // conversion).
         let page = |tail: &str, pending: &str, events: String| {
             format!(
                 "SELECT NULL AS position, NULL AS stream_id, NULL AS version, NULL AS event_id,
