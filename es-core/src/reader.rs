@@ -46,6 +46,23 @@ fn footprint(event: &RecordedEvent) -> usize {
             .sum::<usize>()
 }
 
+/// How many events of a read [`average_footprint`] looks at, at most.
+const FOOTPRINT_SAMPLES: usize = 1024;
+
+/// About how much memory each of `events` holds, from a sample of them
+/// spread evenly over the read (a read's events are mostly alike, and the
+/// bound on a read's bytes is an estimate either way). Zero for no events.
+fn average_footprint(events: &[RecordedEvent]) -> usize {
+    let step = events.len().div_ceil(FOOTPRINT_SAMPLES).max(1);
+    let (count, bytes) = events
+        .iter()
+        .step_by(step)
+        .fold((0, 0), |(count, bytes), event| {
+            (count + 1, bytes + footprint(event))
+        });
+    bytes.checked_div(count).unwrap_or(0)
+}
+
 /// Reads the global log in order, one page at a time, and reads ahead while
 /// the caller works on the current page.
 ///
@@ -219,8 +236,7 @@ where
             }
         };
         if !chunk.events.is_empty() {
-            let bytes: usize = chunk.events.iter().map(footprint).sum();
-            let per_event = (bytes / chunk.events.len()).max(1);
+            let per_event = average_footprint(&chunk.events).max(1);
             self.next_read = whole_pages(
                 self.page_size,
                 (self.read_bytes / per_event).min(self.read_size),
@@ -258,7 +274,47 @@ impl<S: ?Sized> Drop for LogReader<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::whole_pages;
+    use super::{average_footprint, footprint, whole_pages, FOOTPRINT_SAMPLES};
+    use crate::payload::Payload;
+    use crate::types::{EventId, Metadata, Position, RecordedEvent, StreamId, Version};
+
+    fn event(payload_len: usize) -> RecordedEvent {
+        RecordedEvent {
+            position: Position(1),
+            stream_id: StreamId::new("s"),
+            version: Version(1),
+            event_id: EventId::new(),
+            event_type: "E".into(),
+            schema_version: 1,
+            payload: Payload::from_trusted_json("1".repeat(payload_len)),
+            metadata: Metadata::default(),
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn average_footprint_counts_every_event_of_a_small_read() {
+        assert_eq!(average_footprint(&[]), 0);
+        let events: Vec<_> = (0..10).map(|i| event(100 * i)).collect();
+        let exact = events.iter().map(footprint).sum::<usize>() / events.len();
+        assert_eq!(average_footprint(&events), exact);
+        assert_eq!(footprint(&events[3]) - footprint(&events[0]), 300);
+    }
+
+    #[test]
+    fn average_footprint_samples_a_large_read_evenly() {
+        // Small and large events alternate in runs of 100: a sample spread
+        // over the whole read sees both about equally.
+        let events: Vec<_> = (0..20 * FOOTPRINT_SAMPLES)
+            .map(|i| event(if i / 100 % 2 == 0 { 0 } else { 10_000 }))
+            .collect();
+        let exact = events.iter().map(footprint).sum::<usize>() / events.len();
+        let sampled = average_footprint(&events);
+        assert!(
+            sampled.abs_diff(exact) * 20 < exact,
+            "sampled {sampled}, exact {exact}"
+        );
+    }
 
     #[test]
     fn reads_are_whole_pages_and_at_least_one() {

@@ -305,12 +305,20 @@ impl EventReader {
     /// another type would still fail to decode (lengths and UTF-8 are
     /// checked), never be misread silently.
     pub(crate) fn read(&mut self, row: &PgRow) -> Result<RecordedEvent> {
+        let position: i64 = row
+            .try_get_unchecked(0)
+            .map_err(|source| Error::store("cannot read event column `position`", source))?;
+        self.read_at(row, position)
+    }
+
+    /// Reads a stored event, as [`read`](Self::read) does, from a row whose
+    /// position (its first column) the caller has read already.
+    pub(crate) fn read_at(&mut self, row: &PgRow, position: i64) -> Result<RecordedEvent> {
         let get_err = |column: &'static str| {
             move |source: sqlx::Error| {
                 Error::store(format!("cannot read event column `{column}`"), source)
             }
         };
-        let position: i64 = row.try_get_unchecked(0).map_err(get_err("position"))?;
         let stream_id: &str = row.try_get_unchecked(1).map_err(get_err("stream_id"))?;
         let version: i64 = row.try_get_unchecked(2).map_err(get_err("version"))?;
         let where_ = || format!("stream `{stream_id}` v{version} at position {position}");

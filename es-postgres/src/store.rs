@@ -666,8 +666,9 @@ impl PgEventStore {
         while let Some(row) = rows.next().await {
             let row = row.map_err(db_error_in(&context))?;
             // The header is the row without an event (a null position).
-            if !is_null(&row, 0).map_err(db_error_in(&context))? {
-                events.push(reader.read(&row)?);
+            let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
+            if let Some(position) = position {
+                events.push(reader.read_at(&row, position)?);
             } else {
                 header = Some((
                     row.try_get::<Option<i64>, _>("tail")
