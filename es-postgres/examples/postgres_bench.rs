@@ -4,8 +4,8 @@
 //! database `test`, or `ES_BENCH_URL`):
 //!
 //! ```sh
-//! cargo run --release -p es-postgres --example bench
-//! cargo run --release -p es-postgres --example bench -- --only w3 w5   # some workloads
+//! cargo run --release -p es-postgres --example postgres_bench
+//! cargo run --release -p es-postgres --example postgres_bench -- --only w3 w5   # some workloads
 //! ```
 //!
 //! Each workload runs 3 times in a fresh schema, alternating with the same

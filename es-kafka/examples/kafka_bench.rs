@@ -4,7 +4,7 @@
 //! and spread).
 //!
 //! ```sh
-//! cargo run --release -p es-kafka --example bench
+//! cargo run --release -p es-kafka --example kafka_bench
 //! ```
 //!
 //! - relay: 100,000 events of 100 streams in an in-memory store, from the

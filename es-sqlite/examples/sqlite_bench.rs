@@ -3,8 +3,8 @@
 //! three times on a fresh database (median and spread).
 //!
 //! ```sh
-//! cargo run --release -p es-sqlite --example bench
-//! cargo run --release -p es-sqlite --example bench -- --power-loss   # synchronous = FULL
+//! cargo run --release -p es-sqlite --example sqlite_bench
+//! cargo run --release -p es-sqlite --example sqlite_bench -- --power-loss   # synchronous = FULL
 //! ```
 //!
 //! - W1: 10,000 commands round-robin over 1,000 aggregates through the
