@@ -20,6 +20,11 @@
 //! server is local; "—" where none can be seen or a side used too little to
 //! measure). A busy machine moves it less than wall time, and it tells
 //! the client's share of a gap from the server's.
+//!
+//! Run it on an otherwise idle machine: the ratios hold against drift, not
+//! against a build on the same cores. The log read (W5) suffers most, since
+//! it needs a core for the reader and one for the server at once: on two
+//! cores, with a compile beside it, it fell from 0.9 of the floor to 0.7.
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::time::Instant;
