@@ -159,6 +159,12 @@
 //! the readers wait. For the same reason a reader does not see its own
 //! append at once while another transaction is open on the server.
 //!
+//! A prepared transaction of a two-phase commit (possible only where
+//! `max_prepared_transactions` is above 0) holds readers back the same way
+//! until it is committed or rolled back, but belongs to no connection, so
+//! the query above misses it: a forgotten one shows in `pg_prepared_xacts`
+//! and ends with `COMMIT PREPARED` or `ROLLBACK PREPARED` (its `gid`).
+//!
 //! **Waking readers.** [`EventStore::wait_for_events`](es_core::EventStore::wait_for_events)
 //! wakes at once for appends of the same process, and on a `LISTEN`ed
 //! notification for appends of other processes (sent by a background task,

@@ -1,6 +1,8 @@
 //! Faults: the database server restarts while a projection runs. The runner
 //! reconnects and resumes from its checkpoint, with no event skipped or
-//! applied twice.
+//! applied twice. And a prepared transaction (two-phase commit), which
+//! needs a server setting the shared test server does not have, holds the
+//! log's readers back until it ends.
 //!
 //! The shared test server (127.0.0.1:5432) is never restarted: each test
 //! makes a PostgreSQL cluster of its own in a temporary directory, listening
@@ -23,12 +25,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use es_core::testkit::conformance::new_event;
 use es_core::{
-    AppendOptions, BoxError, CheckpointStore, EventStore, ExpectedVersion, Position, Projection,
-    ProjectionRunner, RecordedEvent, StreamId,
+    AppendOptions, BoxError, CheckpointStore, EventFilter, EventStore, ExpectedVersion, Position,
+    Projection, ProjectionRunner, RecordedEvent, StreamId,
 };
 use es_postgres::{PgEventStore, PgTx};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
 
 /// The temporary directories of the clusters: `<prefix><pid>-<n>`.
 const DIR_PREFIX: &str = "es-pg-restart-";
@@ -236,8 +239,10 @@ impl Cluster {
     /// Starts the server and waits (at most a minute) until it accepts
     /// connections.
     fn start_server(&self) {
+        // Prepared transactions are allowed (off by default) for the test
+        // of a two-phase commit left open.
         let options = format!(
-            "-p {} -k '{}' -c listen_addresses=127.0.0.1",
+            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c max_prepared_transactions=2",
             self.port,
             self.dir.display()
         );
@@ -732,6 +737,110 @@ fn a_plain_runner_stopped_by_the_restart_resumes_from_its_checkpoint_when_starte
              attempts); runner errors that the test restarted it after: {restarts:?}"
         );
         assert_each_event_applied_once(&store, appended).await;
+        store.pool().close().await;
+    });
+}
+
+/// A prepared transaction of a two-phase commit counts as running until it
+/// ends, so it holds the log's readers back as an open transaction does,
+/// though no connection shows it: the crate docs send the reader to
+/// `pg_prepared_xacts` for it. Once it ends, the events committed behind it
+/// are read, none skipped.
+#[test]
+fn a_prepared_transaction_holds_the_log_back_until_it_ends() {
+    es_core::testkit::block_on(async {
+        let _serial = common::serial().await;
+        let Some(cluster) = Cluster::start() else {
+            return;
+        };
+        let store = open_store(&cluster).await;
+        let append = |n: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .append(
+                        &StreamId::new("ticks"),
+                        ExpectedVersion::Any,
+                        vec![new_event("Tick", json!({ "n": n }))],
+                        &AppendOptions::default(),
+                    )
+                    .await
+                    .expect("append")
+            }
+        };
+        let numbers = |events: &[RecordedEvent]| -> Vec<i64> {
+            events
+                .iter()
+                .map(|e| {
+                    e.payload.decode::<serde_json::Value>().unwrap()["n"]
+                        .as_i64()
+                        .unwrap()
+                })
+                .collect()
+        };
+        append(0).await;
+        let before = store
+            .read_all(Position::START, &EventFilter::all(), 10)
+            .await
+            .expect("read the log");
+        assert_eq!(numbers(&before.events), [0]);
+
+        // Another session takes a transaction id, prepares it, and leaves.
+        let mut session = PgConnection::connect(&cluster.url())
+            .await
+            .expect("connect");
+        for statement in [
+            "BEGIN",
+            "SELECT pg_current_xact_id()",
+            "PREPARE TRANSACTION 'held'",
+        ] {
+            sqlx::query(statement)
+                .execute(&mut session)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        session.close().await.expect("close the session");
+
+        append(1).await;
+        let held = store
+            .read_all(before.next, &EventFilter::all(), 10)
+            .await
+            .expect("read the log");
+        assert!(
+            held.events.is_empty(),
+            "an event committed after the prepared transaction began is read before it ends: {:?}",
+            numbers(&held.events)
+        );
+        assert_eq!(held.next, before.next, "the cursor stays");
+        assert_eq!(store.head().await.expect("head"), before.next);
+        let shown: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity a
+             JOIN pg_prepared_xacts p ON a.backend_xid = p.transaction",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("query pg_stat_activity");
+        assert_eq!(shown, 0, "no connection shows the prepared transaction");
+        let prepared: Vec<String> = sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts")
+            .fetch_all(store.pool())
+            .await
+            .expect("query pg_prepared_xacts");
+        assert_eq!(prepared, ["held"]);
+
+        sqlx::query("ROLLBACK PREPARED 'held'")
+            .execute(store.pool())
+            .await
+            .expect("roll the prepared transaction back");
+        let after = store
+            .read_all(before.next, &EventFilter::all(), 10)
+            .await
+            .expect("read the log");
+        assert_eq!(
+            numbers(&after.events),
+            [1],
+            "the event held back is read now"
+        );
+        assert_eq!(store.head().await.expect("head"), after.next);
         store.pool().close().await;
     });
 }
