@@ -229,6 +229,34 @@
 //! pool between the store and the application's own queries, or to set
 //! more options, start from [`PgStoreOptions::pool_options`].
 //!
+//! # TLS
+//!
+//! With the `tls-rustls` feature the store's connections can be encrypted
+//! (rustls, with the Mozilla root certificates): say how in the URL, as
+//! `libpq` does: `sslmode=require` encrypts, `verify-ca` and `verify-full`
+//! also check the server's certificate (and name), against `sslrootcert=…`
+//! when the server's authority is not a public one (a managed database's
+//! own, say). Every connection of the store follows the URL: the pool's,
+//! the lease's and the listener's.
+//!
+//! ```toml
+//! es-postgres = { version = "0.1", features = ["tls-rustls"] }
+//! ```
+//!
+//! ```no_run
+//! # async fn run() -> es_core::Result<()> {
+//! let store = es_postgres::PgEventStore::connect(
+//!     "postgres://app@db.example.com/orders?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+//! )
+//! .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Without the feature a URL that asks for TLS (`require` and above) is
+//! refused with an error that says TLS support is missing; sqlx's default,
+//! `prefer`, then connects without it.
+//!
 //! # Connection poolers
 //!
 //! Connect the store to PostgreSQL directly or through a pooler in *session*

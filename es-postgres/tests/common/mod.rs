@@ -125,8 +125,8 @@ pub async fn drop_schema(schema: &str) {
 }
 
 /// Opens a store in a fresh schema, runs `test` with it, then drops the
-/// schema (also when the test panics, whose panic is then resumed). Skips
-/// (returns) when the server is missing outside CI.
+/// schema (see [`run_in_schema`]). Skips (returns) when the server is
+/// missing outside CI.
 pub async fn with_store<F, Fut>(options: PgStoreOptions, max_connections: u32, test: F)
 where
     F: FnOnce(PgEventStore) -> Fut,
@@ -138,9 +138,21 @@ where
     let schema = unique_schema();
     let store = options
         .schema(schema.clone())
-        .open(pool.clone())
+        .open(pool)
         .await
         .expect("open the store in a fresh schema");
+    run_in_schema(store, test).await;
+}
+
+/// Runs `test` with `store`, then closes the store's pool and drops its
+/// schema (also when the test panics, whose panic is then resumed).
+pub async fn run_in_schema<F, Fut>(store: PgEventStore, test: F)
+where
+    F: FnOnce(PgEventStore) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let pool = store.pool().clone();
+    let schema = store.schema().to_owned();
     let outcome = tokio::spawn(test(store)).await;
     pool.close().await;
     drop_schema(&schema).await;
