@@ -262,6 +262,12 @@ pub(crate) fn timestamp<I: ColumnIndex<PgRow> + Copy>(
         return row.try_get_unchecked(index);
     }
     let bytes = value.as_bytes().map_err(sqlx::Error::Decode)?;
+    binary_timestamp(bytes)
+}
+
+/// A `timestamptz` in PostgreSQL's binary form: the microseconds since its
+/// epoch, 8 bytes, big-endian.
+pub(crate) fn binary_timestamp(bytes: &[u8]) -> std::result::Result<DateTime<Utc>, sqlx::Error> {
     let micros = <[u8; 8]>::try_from(bytes)
         .map(i64::from_be_bytes)
         .map_err(|_| decode_error(format!("a timestamptz has 8 bytes, not {}", bytes.len())))?;
@@ -321,40 +327,81 @@ impl EventReader {
         };
         let stream_id: &str = row.try_get_unchecked(1).map_err(get_err("stream_id"))?;
         let version: i64 = row.try_get_unchecked(2).map_err(get_err("version"))?;
-        let where_ = || format!("stream `{stream_id}` v{version} at position {position}");
         let err_at = |column: &'static str| {
             move |source: sqlx::Error| {
-                Error::store(format!("cannot read the {column} of {}", where_()), source)
+                Error::store(
+                    format!(
+                        "cannot read the {column} of {}",
+                        event_location(stream_id, version, position)
+                    ),
+                    source,
+                )
             }
         };
-        let event_id: Uuid = row.try_get_unchecked(3).map_err(err_at("event id"))?;
-        let event_type: String = row.try_get_unchecked(4).map_err(err_at("event type"))?;
-        let schema_version: i32 = row.try_get_unchecked(5).map_err(err_at("schema version"))?;
-        let payload: &str = row.try_get_unchecked(6).map_err(err_at("payload"))?;
-        // The column's type is `json`: the server checked it.
-        let payload = Payload::from_trusted_json(payload);
-        let metadata_text: &str = row.try_get_unchecked(7).map_err(err_at("metadata"))?;
-        let recorded_at = timestamp(row, 8).map_err(err_at("recorded time"))?;
-        let mut metadata = if metadata_text == "{}" {
+        let parts = EventParts {
+            position,
+            stream_id,
+            version,
+            event_id: row.try_get_unchecked(3).map_err(err_at("event id"))?,
+            event_type: row.try_get_unchecked(4).map_err(err_at("event type"))?,
+            schema_version: row.try_get_unchecked(5).map_err(err_at("schema version"))?,
+            payload: row.try_get_unchecked(6).map_err(err_at("payload"))?,
+            metadata: row.try_get_unchecked(7).map_err(err_at("metadata"))?,
+            recorded_at: timestamp(row, 8).map_err(err_at("recorded time"))?,
+        };
+        self.assemble(&parts)
+    }
+
+    /// Builds a stored event from its decoded columns (read from a row or
+    /// from the bytes of a `COPY`).
+    pub(crate) fn assemble(&mut self, parts: &EventParts<'_>) -> Result<RecordedEvent> {
+        let recorded_at = parts.recorded_at;
+        let mut metadata = if parts.metadata == "{}" {
             Metadata::default()
         } else {
-            serde_json::from_str::<Metadata>(metadata_text).map_err(|source| {
-                Error::store(format!("cannot read the metadata of {}", where_()), source)
+            serde_json::from_str::<Metadata>(parts.metadata).map_err(|source| {
+                Error::store(
+                    format!(
+                        "cannot read the metadata of {}",
+                        event_location(parts.stream_id, parts.version, parts.position)
+                    ),
+                    source,
+                )
             })?
         };
         metadata.recorded_at = Some(recorded_at);
         Ok(RecordedEvent {
-            position: Position(to_u64(position, "position")?),
-            version: Version(to_u64(version, "version")?),
-            stream_id: self.stream_ids.get(stream_id),
-            event_id: EventId(event_id),
-            event_type,
-            schema_version: stored_schema_version(schema_version)?,
-            payload,
+            position: Position(to_u64(parts.position, "position")?),
+            version: Version(to_u64(parts.version, "version")?),
+            stream_id: self.stream_ids.get(parts.stream_id),
+            event_id: EventId(parts.event_id),
+            event_type: parts.event_type.to_owned(),
+            schema_version: stored_schema_version(parts.schema_version)?,
+            // The column's type is `json`: the server checked it.
+            payload: Payload::from_trusted_json(parts.payload),
             metadata,
             recorded_at,
         })
     }
+}
+
+/// The columns of a stored event (those of `EVENT_COLUMNS`), decoded and
+/// borrowed from the row or the bytes they came in.
+pub(crate) struct EventParts<'a> {
+    pub(crate) position: i64,
+    pub(crate) stream_id: &'a str,
+    pub(crate) version: i64,
+    pub(crate) event_id: Uuid,
+    pub(crate) event_type: &'a str,
+    pub(crate) schema_version: i32,
+    pub(crate) payload: &'a str,
+    pub(crate) metadata: &'a str,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+/// Where a stored event is, for error messages.
+pub(crate) fn event_location(stream_id: &str, version: i64, position: i64) -> String {
+    format!("stream `{stream_id}` v{version} at position {position}")
 }
 
 /// Reads an idempotency key's record from columns with a prefix.

@@ -18,6 +18,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
+use crate::copy;
 use crate::inline::{InlineHandler, InlineProjection};
 use crate::lease::Lease;
 use crate::notify::Signals;
@@ -654,6 +655,14 @@ impl PgEventStore {
         events: &mut Vec<RecordedEvent>,
     ) -> Result<(Option<i64>, bool)> {
         let context = || format!("cannot read the global log after position {after}");
+        if filter.event_types.is_none() {
+            let sql = self.shared.sql.copy_page(
+                self.shared.gap_protection,
+                to_i64(after.0, "position")?,
+                limit,
+            );
+            return copy::read_page(&self.shared.pool, &sql, &context, events).await;
+        }
         let mut query = sqlx::query(statement)
             .bind(to_i64(after.0, "position")?)
             .bind(limit);

@@ -6,7 +6,9 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -347,6 +349,63 @@ fn the_stores_own_pool_replaces_connections_the_server_dropped_while_they_sat_id
                 .await
                 .expect("a live connection");
             assert!(!pids.contains(&pid), "a new backend");
+        })
+        .await;
+    });
+}
+
+/// A read of the log dropped before it ends (a reader cancelled, a read
+/// ahead aborted) leaves no connection of the pool in the middle of it:
+/// with a pool of one connection, every call after it works.
+#[test]
+fn a_read_of_the_log_dropped_midway_leaves_the_pool_usable() {
+    es_core::testkit::block_on(async {
+        common::with_store(PgStoreOptions::new(), 1, |store| async move {
+            let stream = StreamId::new("big-1");
+            for part in 0..4u64 {
+                store
+                    .append(
+                        &stream,
+                        ExpectedVersion::Exact(Version(part * 5_000)),
+                        batch("Big", 5_000, 200),
+                        &AppendOptions::default(),
+                    )
+                    .await
+                    .expect("append");
+            }
+            let all = EventFilter::all();
+            let mut dropped = 0;
+            for polls in 1..=8 {
+                // Polled a few times, a little apart (the read goes on
+                // between polls as far as the data already there lets it),
+                // then dropped: the later ones in the middle of the page.
+                let mut read = Box::pin(store.read_all(Position::START, &all, 20_000));
+                let mut whole = false;
+                for _ in 0..polls {
+                    let polled = read.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                    if let Poll::Ready(page) = polled {
+                        assert_eq!(page.expect("a whole read").events.len(), 20_000);
+                        whole = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                drop(read);
+                if !whole {
+                    dropped += 1;
+                }
+                let page = store
+                    .read_all(Position::START, &all, 10)
+                    .await
+                    .unwrap_or_else(|e| panic!("a read after one of {polls} polls: {e}"));
+                assert_eq!(page.events.len(), 10);
+                let events = store
+                    .read_stream(&stream, Version(19_998), 10)
+                    .await
+                    .unwrap_or_else(|e| panic!("a stream read after one of {polls} polls: {e}"));
+                assert_eq!(events.len(), 3);
+            }
+            assert!(dropped > 0, "some reads were dropped before they ended");
         })
         .await;
     });
