@@ -297,7 +297,9 @@ impl Statements {
         // snapshot), a header row and then the page's events. The header
         // has no event (a null position) and two columns that the events
         // leave null: `tail`, the last event below the bound, so that the
-        // cursor moves past events a filter dropped; and `pending`, whether
+        // cursor moves past events a filter dropped (null without a filter:
+        // a page that is not full then ends at that event itself, and the
+        // look for it is saved); and `pending`, whether
         // committed events after the cursor wait for an older transaction
         // to end (the reader then waits briefly for it, so a short
         // transaction elsewhere does not hide a writer's own append). The
@@ -331,7 +333,11 @@ impl Statements {
         );
         let protected = |filter: &str, after: &str, limit: &str| {
             page(
-                &tail(after),
+                &if filter.is_empty() {
+                    "SELECT NULL::int8".to_owned()
+                } else {
+                    tail(after)
+                },
                 &pending,
                 format!(
                     "SELECT {cols}, NULL, NULL FROM {s}.events
@@ -347,7 +353,11 @@ impl Statements {
         // needed): no bound, so a late commit lands behind the reader.
         let unprotected = |filter: &str, after: &str, limit: &str| {
             page(
-                &format!("SELECT max(position) FROM {s}.events"),
+                &if filter.is_empty() {
+                    "SELECT NULL::int8".to_owned()
+                } else {
+                    format!("SELECT max(position) FROM {s}.events")
+                },
                 "false",
                 format!(
                     "SELECT {cols}, NULL, NULL FROM {s}.events
