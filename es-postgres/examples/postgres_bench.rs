@@ -321,18 +321,10 @@ async fn w3(b: &mut Bench, floor: bool, snapshot: bool) -> Res<Sample> {
     let stream = StreamId::new("ledger-big");
     let mut version = 0;
     while version < W3_EVENTS {
-        let events = (0..1_000)
-            .map(|i| {
-                BenchEvent::Added {
-                    amount: i,
-                    note: "bench".into(),
-                }
-                .encode(Default::default())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         if floor {
             insert_floor_batch(&b.pool, &schema, stream.as_str(), version, 1_000).await?;
         } else {
+            let events = added(1_000)?;
             store
                 .append(
                     &stream,
@@ -450,15 +442,7 @@ async fn w4(b: &mut Bench, floor: bool) -> Res<Sample> {
         if floor {
             insert_floor_batch(&b.pool, &schema, stream.as_str(), version, W4_BATCH).await?;
         } else {
-            let events = (0..W4_BATCH)
-                .map(|i| {
-                    BenchEvent::Added {
-                        amount: i,
-                        note: "bench".into(),
-                    }
-                    .encode(Default::default())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let events = added(W4_BATCH)?;
             store
                 .append(
                     &stream,
@@ -475,20 +459,25 @@ async fn w4(b: &mut Bench, floor: bool) -> Res<Sample> {
     Ok(rate)
 }
 
+/// `n` encoded `Added` events, of amounts 0 to `n - 1`.
+fn added(n: u64) -> Res<Vec<es_core::NewEvent>> {
+    Ok((0..n)
+        .map(|i| {
+            BenchEvent::Added {
+                amount: i,
+                note: "bench".into(),
+            }
+            .encode(Default::default())
+        })
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Fills a schema with 100,000 events over 1,000 streams, in both tables.
 async fn fill(b: &mut Bench) -> Res<(PgEventStore, String)> {
     let (store, schema) = b.schema().await?;
     for s in 0..1_000u64 {
         let stream = StreamId::new(format!("tick-{s}"));
-        let events = (0..100)
-            .map(|i| {
-                BenchEvent::Added {
-                    amount: i,
-                    note: "bench".into(),
-                }
-                .encode(Default::default())
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = added(100)?;
         store
             .append(
                 &stream,
