@@ -61,11 +61,10 @@ pub(crate) struct Statements {
     pub(crate) read_stream: String,
     pub(crate) replay_stream: String,
     pub(crate) stream_version: String,
-    pub(crate) read_all: String,
     pub(crate) read_all_filtered: String,
-    pub(crate) read_all_unprotected: String,
     pub(crate) read_all_filtered_unprotected: String,
-    /// `read_all` and `read_all_unprotected` as a binary `COPY`, with
+    /// A page of the whole log, with and without gap protection, as a
+    /// binary `COPY`, with
     /// [`AFTER`] and [`LIMIT`] where the numbers go (see
     /// [`Statements::copy_page`]).
     copy_page: [String; 2],
@@ -220,9 +219,9 @@ impl PlainAppends {
 
 impl Statements {
     /// A page of the whole log (no filter) after `after`, of at most `limit`
-    /// events, as a binary `COPY`: the statement of
-    /// [`read_all`](Self::read_all) (or its unprotected twin), whose rows
-    /// go out as one stream of bytes that the store parses itself
+    /// events, as a binary `COPY`: the page statement (that of
+    /// [`read_all_filtered`](Self::read_all_filtered) without the filter),
+    /// whose rows go out as one stream of bytes that the store parses itself
     /// ([`crate::copy`]), at a fraction of what decoding rows costs. The
     /// numbers are written into the statement (a `COPY` has no bind
     /// parameters): two integers, nothing else from outside.
@@ -347,7 +346,6 @@ impl Statements {
                 ),
             )
         };
-        let read_all = protected("", "$1", "$2");
         let read_all_filtered = protected("AND event_type = ANY($3)", "$1", "$2");
         // Without gap protection (only for the test that shows why it is
         // needed): no bound, so a late commit lands behind the reader.
@@ -366,7 +364,6 @@ impl Statements {
                 ),
             )
         };
-        let read_all_unprotected = unprotected("", "$1", "$2");
         let read_all_filtered_unprotected = unprotected("AND event_type = ANY($3)", "$1", "$2");
         let copy = |select: String| format!("COPY ({select}) TO STDOUT (FORMAT binary)");
         let copy_page = [
@@ -424,9 +421,7 @@ impl Statements {
             stream_version: format!(
                 "SELECT COALESCE(MAX(version), 0) AS version FROM {s}.events WHERE stream_id = $1"
             ),
-            read_all,
             read_all_filtered,
-            read_all_unprotected,
             read_all_filtered_unprotected,
             copy_page,
             head,
@@ -528,11 +523,11 @@ mod tests {
     fn statements_name_the_schema_quoted() {
         let sql = Statements::new("shop").unwrap();
         assert!(sql.append.contains("INSERT INTO \"shop\".events"));
-        assert!(sql
-            .read_all
-            .contains("pg_snapshot_xmin(pg_current_snapshot())"));
-        assert!(sql.read_all.contains("ORDER BY position"));
-        assert!(!sql.read_all_unprotected.contains("pg_snapshot_xmin"));
+        let page = sql.copy_page(true, 5, 10);
+        assert!(page.contains("pg_snapshot_xmin(pg_current_snapshot())"));
+        assert!(page.contains("ORDER BY position"));
+        assert!(page.contains("position > 5") && page.contains("(SELECT 10::int8)"));
+        assert!(!sql.copy_page(false, 5, 10).contains("pg_snapshot_xmin"));
         assert_eq!(sql.channel, "shop_events");
         assert!(sql.notify.contains("pg_notify('shop_events'"));
         assert!(sql.claim.contains("INSERT INTO \"shop\".inbox"));

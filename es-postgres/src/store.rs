@@ -642,33 +642,32 @@ impl PgEventStore {
         Ok(row)
     }
 
-    /// Runs one of the statements that read a page of the global log into
-    /// `events`, turning each row into an event as it arrives (while the
-    /// server still sends the rest). Answers the header row's `tail` and
-    /// `pending`.
+    /// Reads a page of the global log into `events` and answers the header
+    /// row's `tail` and `pending`. A page of the whole log is a binary
+    /// `COPY` ([`copy::read_page`]); a page of some event types is the
+    /// prepared statement with the types bound, each row turned into an
+    /// event as it arrives (while the server still sends the rest).
     async fn fetch_page(
         &self,
-        statement: &str,
         after: Position,
         limit: i64,
         filter: &EventFilter,
         events: &mut Vec<RecordedEvent>,
     ) -> Result<(Option<i64>, bool)> {
         let context = || format!("cannot read the global log after position {after}");
-        if filter.event_types.is_none() {
-            let sql = self.shared.sql.copy_page(
-                self.shared.gap_protection,
-                to_i64(after.0, "position")?,
-                limit,
-            );
-            return copy::read_page(&self.shared.pool, &sql, &context, events).await;
-        }
-        let mut query = sqlx::query(statement)
-            .bind(to_i64(after.0, "position")?)
-            .bind(limit);
-        if let Some(types) = &filter.event_types {
-            query = query.bind(types);
-        }
+        let sql = &self.shared.sql;
+        let protected = self.shared.gap_protection;
+        let after = to_i64(after.0, "position")?;
+        let Some(types) = &filter.event_types else {
+            let page = sql.copy_page(protected, after, limit);
+            return copy::read_page(&self.shared.pool, &page, &context, events).await;
+        };
+        let statement = if protected {
+            &sql.read_all_filtered
+        } else {
+            &sql.read_all_filtered_unprotected
+        };
+        let query = sqlx::query(statement).bind(after).bind(limit).bind(types);
         let mut rows = query.fetch(&self.shared.pool);
         let mut reader = EventReader::default();
         let mut header = None;
@@ -706,20 +705,12 @@ impl PgEventStore {
             return Ok(slice);
         }
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = &self.shared.sql;
-        let protected = self.shared.gap_protection;
-        let statement = match (&filter.event_types, protected) {
-            (None, true) => &sql.read_all,
-            (None, false) => &sql.read_all_unprotected,
-            (Some(_), true) => &sql.read_all_filtered,
-            (Some(_), false) => &sql.read_all_filtered_unprotected,
-        };
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_millis(1);
         loop {
             slice.events.clear();
             let (tail, pending) = self
-                .fetch_page(statement, after, limit_i64, filter, &mut slice.events)
+                .fetch_page(after, limit_i64, filter, &mut slice.events)
                 .await?;
             if slice.events.len() < limit && pending && waited < PENDING_WAIT {
                 // Committed events wait for an older transaction, most
