@@ -251,7 +251,7 @@ fn recorded(schema_version: u32, payload: Payload) -> RecordedEvent {
         stream_id: StreamId::new("account-upcast"),
         version: Version(1),
         event_id: EventId::new(),
-        event_type: "Deposited".to_owned(),
+        event_type: "Deposited".into(),
         schema_version,
         payload,
         metadata: Metadata::default(),

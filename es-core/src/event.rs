@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{DecodeError, DecodeErrorKind, Error, Result, UpcastError};
-use crate::types::{Envelope, EventId, Metadata, NewEvent, RecordedEvent};
+use crate::types::{Envelope, EventId, EventType, Metadata, NewEvent, RecordedEvent};
 use crate::Payload;
 
 /// A family of domain events, usually an enum with one variant per event type.
@@ -498,7 +498,12 @@ impl EventSchema {
             stream_id: raw.stream_id.clone(),
             version: raw.version,
             event_id: raw.event_id,
-            event_type: name.to_owned(),
+            // The stored name, shared, unless it is an alias.
+            event_type: if raw.event_type == name {
+                raw.event_type.clone()
+            } else {
+                EventType::from(name)
+            },
             stored_schema_version: raw.schema_version,
             metadata: raw.metadata.clone(),
             recorded_at: raw.recorded_at,
@@ -546,7 +551,7 @@ fn located(raw: &RecordedEvent, kind: DecodeErrorKind) -> DecodeError {
         stream_id: raw.stream_id.clone(),
         version: raw.version,
         position: raw.position,
-        event_type: raw.event_type.clone(),
+        event_type: raw.event_type.to_string(),
         schema_version: raw.schema_version,
         kind,
     }

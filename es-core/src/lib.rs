@@ -112,9 +112,9 @@ pub use crate::store::{
     CheckpointStore, ContextProvider, EventStore, Inbox, LogSlice, Replay, SnapshotStore,
 };
 pub use crate::types::{
-    AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId,
-    ExpectedVersion, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent, ReplayedEvent,
-    Snapshot, StreamId, StreamIdReuse, Version,
+    AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId, EventType,
+    EventTypeReuse, ExpectedVersion, Metadata, NewEvent, ParkedEvent, Position, RecordedEvent,
+    ReplayedEvent, Snapshot, StreamId, StreamIdReuse, Version,
 };
 
 /// The README's example, compiled and run as a doc test.

@@ -154,7 +154,7 @@ impl EventStore for InMemoryStore {
                 stream_id: stream_id.clone(),
                 version: Version(actual.0 + i as u64 + 1),
                 event_id: new.event_id,
-                event_type: new.event_type,
+                event_type: new.event_type.into(),
                 schema_version: new.schema_version,
                 payload: new.payload,
                 metadata,

@@ -690,7 +690,7 @@ fn projection_error(projection: &str, event: &RecordedEvent, source: BoxError) -
         position: event.position,
         stream_id: event.stream_id.clone(),
         version: event.version,
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.to_string(),
         source,
     }
 }

@@ -46,46 +46,132 @@ impl StreamId {
         let _ = write!(text, "{id}");
         Self(Arc::from(text))
     }
+}
 
-    /// The stream id as text.
-    pub fn as_str(&self) -> &str {
+/// The conversions and traits of a name held as shared text
+/// (`Arc<str>`): [`StreamId`] and [`EventType`].
+macro_rules! shared_text {
+    ($name:ident) => {
+        impl $name {
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer).map($name::from)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(Arc::from(value))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(value: String) -> Self {
+                Self(Arc::from(value))
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == &*other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == &*other.0
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                *self.0 == **other
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                **self == *other.0
+            }
+        }
+    };
+}
+
+shared_text!(StreamId);
+shared_text!(EventType);
+
+/// The stored name of an event type, as a store hands it out in a
+/// [`RecordedEvent`] and a decoder in an [`Envelope`].
+///
+/// It reads as a `str` (it dereferences to one and compares with one).
+/// Cloning it is cheap: the text is shared, so the events of one read that
+/// have the same type share one name instead of one allocation each
+/// ([`EventTypeReuse`]).
+///
+/// ```
+/// use es_core::EventType;
+///
+/// let name = EventType::from("OrderPlaced");
+/// assert_eq!(name, "OrderPlaced");
+/// assert!(name.starts_with("Order"));
+/// assert_eq!(name.to_string(), "OrderPlaced");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventType(Arc<str>);
+
+impl std::ops::Deref for EventType {
+    type Target = str;
+
+    fn deref(&self) -> &str {
         &self.0
     }
 }
 
-impl Serialize for StreamId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for StreamId {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(StreamId::new)
-    }
-}
-
-impl fmt::Display for StreamId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<&str> for StreamId {
-    fn from(value: &str) -> Self {
-        Self(Arc::from(value))
-    }
-}
-
-impl From<String> for StreamId {
-    fn from(value: String) -> Self {
-        Self::new(value)
-    }
-}
-
-impl AsRef<str> for StreamId {
-    fn as_ref(&self) -> &str {
+impl std::borrow::Borrow<str> for EventType {
+    fn borrow(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<&String> for EventType {
+    fn from(value: &String) -> Self {
+        Self::from(value.as_str())
     }
 }
 
@@ -117,6 +203,96 @@ impl StreamIdReuse {
             Some(last) if last.as_str() == text => last.clone(),
             _ => self.last.insert(StreamId::from(text)).clone(),
         }
+    }
+
+    /// The stream id of UTF-8 `bytes`, as [`get`](Self::get); bytes equal to
+    /// the previous id's are not checked again.
+    ///
+    /// ```
+    /// use es_core::StreamIdReuse;
+    ///
+    /// let mut ids = StreamIdReuse::default();
+    /// assert_eq!(ids.get_utf8(b"order-1")?.as_str(), "order-1");
+    /// assert!(ids.get_utf8(b"order-\xff").is_err());
+    /// # Ok::<(), std::str::Utf8Error>(())
+    /// ```
+    pub fn get_utf8(&mut self, bytes: &[u8]) -> Result<StreamId, std::str::Utf8Error> {
+        match &self.last {
+            Some(last) if last.as_str().as_bytes() == bytes => Ok(last.clone()),
+            _ => Ok(self.get(std::str::from_utf8(bytes)?)),
+        }
+    }
+}
+
+/// Hands out event type names for the rows of one read, reusing the names
+/// of the last few types met.
+///
+/// A read meets few event types, many times each: the events of one type
+/// then share one [`EventType`] instead of one allocation each.
+///
+/// ```
+/// use es_core::EventTypeReuse;
+///
+/// let mut types = EventTypeReuse::default();
+/// let a = types.get("Added");
+/// types.get("Removed");
+/// let b = types.get("Added");
+/// assert!(std::ptr::eq(a.as_str(), b.as_str()));
+/// ```
+#[derive(Debug, Default)]
+pub struct EventTypeReuse {
+    /// The names met most recently, at most [`Self::KEPT`]; the next new
+    /// one replaces the one at `next`.
+    kept: Vec<EventType>,
+    next: usize,
+}
+
+impl EventTypeReuse {
+    /// How many names are kept: more than most event families have, few
+    /// enough that looking through them costs less than an allocation.
+    const KEPT: usize = 16;
+
+    /// The name `text`: a kept one if it has the same text.
+    pub fn get(&mut self, text: &str) -> EventType {
+        self.kept_one(text.as_bytes())
+            .unwrap_or_else(|| self.keep(EventType::from(text)))
+    }
+
+    /// The name in UTF-8 `bytes`, as [`get`](Self::get); bytes equal to a
+    /// kept name's are not checked again.
+    ///
+    /// ```
+    /// use es_core::EventTypeReuse;
+    ///
+    /// let mut types = EventTypeReuse::default();
+    /// assert_eq!(types.get_utf8(b"Added")?, "Added");
+    /// assert!(types.get_utf8(b"Add\xffed").is_err());
+    /// # Ok::<(), std::str::Utf8Error>(())
+    /// ```
+    pub fn get_utf8(&mut self, bytes: &[u8]) -> Result<EventType, std::str::Utf8Error> {
+        match self.kept_one(bytes) {
+            Some(kept) => Ok(kept),
+            None => Ok(self.keep(EventType::from(std::str::from_utf8(bytes)?))),
+        }
+    }
+
+    fn kept_one(&self, bytes: &[u8]) -> Option<EventType> {
+        self.kept
+            .iter()
+            .find(|kept| kept.as_bytes() == bytes)
+            .cloned()
+    }
+
+    /// Keeps a name met for the first time (in place of the oldest kept
+    /// one when [`Self::KEPT`] are kept).
+    fn keep(&mut self, name: EventType) -> EventType {
+        if self.kept.len() < Self::KEPT {
+            self.kept.push(name.clone());
+        } else {
+            self.kept[self.next] = name.clone();
+            self.next = (self.next + 1) % Self::KEPT;
+        }
+        name
     }
 }
 
@@ -329,7 +505,7 @@ pub struct RecordedEvent {
     /// Its unique id.
     pub event_id: EventId,
     /// The stored name of the event type (may be an alias of the current name).
-    pub event_type: String,
+    pub event_type: EventType,
     /// The version of the stored payload's shape.
     pub schema_version: u32,
     /// The stored JSON payload.
@@ -383,7 +559,7 @@ pub struct Envelope<E> {
     /// Its unique id.
     pub event_id: EventId,
     /// The current name of its type (after alias resolution).
-    pub event_type: String,
+    pub event_type: EventType,
     /// The schema version it was stored with (before upcasting).
     pub stored_schema_version: u32,
     /// Its metadata.
@@ -524,6 +700,38 @@ pub struct ParkedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_type_names_are_reused_and_stay_right_past_the_kept_ones() {
+        let mut types = EventTypeReuse::default();
+        let names: Vec<String> = (0..40).map(|i| format!("Type{i}")).collect();
+        for round in 0..3 {
+            for name in &names {
+                assert_eq!(types.get(name), name.as_str(), "round {round}");
+            }
+        }
+        assert_eq!(types.kept.len(), EventTypeReuse::KEPT);
+        let a = types.get("Added");
+        let b = types.get("Added");
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
+    }
+
+    #[test]
+    fn event_types_read_as_text() {
+        let name = EventType::from("Added");
+        let text = String::from("Added");
+        assert_eq!(name, "Added");
+        assert_eq!("Added", name);
+        assert_eq!(name, *"Added");
+        assert_eq!(*"Added", name);
+        assert_eq!(name, text);
+        assert_eq!(text, name);
+        assert_ne!(name, "Removed");
+        assert_eq!(serde_json::to_string(&name).unwrap(), "\"Added\"");
+        let back: EventType = serde_json::from_str("\"Added\"").unwrap();
+        assert_eq!(back, name);
+        assert_eq!(name.len(), 5);
+    }
 
     #[test]
     fn expected_version_matches() {

@@ -264,7 +264,7 @@ impl Projection for Openings {
         self.seen
             .lock()
             .unwrap()
-            .push((raw.position, raw.event_type.clone()));
+            .push((raw.position, raw.event_type.to_string()));
         match AccountEvent::decode(raw)?.event {
             AccountEvent::Opened(opened) => self.owners.lock().unwrap().push(opened.owner),
             other => return Err(format!("unexpected event {other:?}").into()),

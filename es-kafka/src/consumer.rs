@@ -533,7 +533,7 @@ where
             }
             return Err(message_error(MessageError::UnknownType {
                 origin: message.origin.clone(),
-                event_type: event.event_type.clone(),
+                event_type: event.event_type.to_string(),
             }));
         }
         if !inner
@@ -552,7 +552,7 @@ where
                 position: event.position,
                 stream_id: event.stream_id.clone(),
                 version: event.version,
-                event_type: event.event_type.clone(),
+                event_type: event.event_type.to_string(),
                 source: format!("message {}: {source}", message.origin).into(),
             })?;
         Ok(Outcome::Handled)

@@ -333,7 +333,7 @@ impl<'m> Fields<'m> {
             stream_id: StreamId::new(stream_id),
             version: Version(version),
             event_id: EventId(event_id),
-            event_type,
+            event_type: event_type.into(),
             schema_version,
             payload,
             metadata,

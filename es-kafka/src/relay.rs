@@ -576,7 +576,7 @@ where
             }
         }
         Ok((
-            event.event_type.clone(),
+            event.event_type.to_string(),
             event.schema_version,
             event.payload.clone(),
         ))
@@ -593,7 +593,7 @@ where
             position: event.position,
             stream_id: event.stream_id.clone(),
             version: event.version,
-            event_type: event.event_type.clone(),
+            event_type: event.event_type.to_string(),
             source,
         };
         match self.policy {

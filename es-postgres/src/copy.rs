@@ -182,28 +182,40 @@ impl Page {
             return Ok(());
         };
         let position = int8(position, "position")?;
-        let stream_id = text(fields[1], "stream_id")?;
+        let stream_id = self
+            .reader
+            .stream_ids
+            .get_utf8(required(fields[1], "stream_id")?)
+            .map_err(|error| format!("the event's `stream_id` is not UTF-8: {error}"))?;
         let version = int8(required(fields[2], "version")?, "version")?;
         let at = |column: &str, why: String| {
             format!(
                 "cannot read the {column} of {}: {why}",
-                event_location(stream_id, version, position)
+                event_location(stream_id.as_str(), version, position)
             )
         };
+        let event_type = required(fields[4], "event_type")
+            .and_then(|bytes| {
+                self.reader
+                    .event_types
+                    .get_utf8(bytes)
+                    .map_err(|error| error.to_string())
+            })
+            .map_err(|why| at("event type", why))?;
         let parts = EventParts {
             position,
-            stream_id,
             version,
             event_id: uuid(fields[3]).map_err(|why| at("event id", why))?,
-            event_type: text(fields[4], "event_type").map_err(|why| at("event type", why))?,
+            event_type,
             schema_version: int4(fields[5]).map_err(|why| at("schema version", why))?,
             payload: text(fields[6], "payload").map_err(|why| at("payload", why))?,
-            metadata: text(fields[7], "metadata").map_err(|why| at("metadata", why))?,
+            metadata: metadata(fields[7]).map_err(|why| at("metadata", why))?,
             recorded_at: timestamp(fields[8]).map_err(|why| at("recorded time", why))?,
+            stream_id,
         };
         let event = self
             .reader
-            .assemble(&parts)
+            .assemble(parts)
             .map_err(|error| error.to_string())?;
         events.push(event);
         Ok(())
@@ -286,6 +298,14 @@ fn uuid(field: Option<&[u8]>) -> std::result::Result<Uuid, String> {
 
 fn text<'a>(field: Option<&'a [u8]>, column: &str) -> std::result::Result<&'a str, String> {
     std::str::from_utf8(required(field, column)?).map_err(|error| error.to_string())
+}
+
+/// The metadata column's text; the usual empty object without a check.
+fn metadata(field: Option<&[u8]>) -> std::result::Result<&str, String> {
+    match field {
+        Some(b"{}") => Ok("{}"),
+        field => text(field, "metadata"),
+    }
 }
 
 fn timestamp(field: Option<&[u8]>) -> std::result::Result<DateTime<Utc>, String> {
@@ -408,6 +428,18 @@ mod tests {
         bad_text[6] = Some(vec![0xff, 0xfe]);
         let error = fail(&copy_bytes(&[header_row(None, false), bad_text]));
         assert!(error.contains("payload of stream `s-1` v3"), "{error}");
+        // Text that is not UTF-8 in the other text columns, after a good
+        // row (whose stream id and type the parser then reuses).
+        for (column, what) in [(1, "stream_id"), (4, "event type"), (7, "metadata")] {
+            let mut bad = event_row(11, 4, "{}");
+            bad[column] = Some(b"Add\xffed".to_vec());
+            let error = fail(&copy_bytes(&[
+                header_row(None, false),
+                event_row(10, 3, "{}"),
+                bad,
+            ]));
+            assert!(error.contains(what) && error.contains("utf-8"), "{error}");
+        }
         let mut infinite = event_row(10, 3, "{}");
         infinite[8] = Some(i64::MAX.to_be_bytes().to_vec());
         let error = fail(&copy_bytes(&[header_row(None, false), infinite]));

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    Committed, Error, EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, Result,
-    StreamId, StreamIdReuse, Version,
+    Committed, Error, EventId, EventType, EventTypeReuse, Metadata, NewEvent, Payload, Position,
+    RecordedEvent, Result, StreamId, StreamIdReuse, Version,
 };
 use sqlx::postgres::{PgArguments, PgRow, PgValueFormat};
 use sqlx::query::Query;
@@ -209,7 +209,7 @@ pub(crate) fn recorded(
             stream_id: stream_id.clone(),
             version: Version(first_version.0 + i as u64),
             event_id: event.event_id,
-            event_type: event.event_type,
+            event_type: event.event_type.into(),
             schema_version: event.schema_version,
             payload: event.payload,
             metadata,
@@ -298,10 +298,12 @@ pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
 }
 
 /// Reads the events of one result: consecutive events of one stream (a
-/// stream's page, an aggregate's burst in the log) share one stream id.
+/// stream's page, an aggregate's burst in the log) share one stream id, and
+/// events of one type one name.
 #[derive(Default)]
 pub(crate) struct EventReader {
-    stream_ids: StreamIdReuse,
+    pub(crate) stream_ids: StreamIdReuse,
+    pub(crate) event_types: EventTypeReuse,
 }
 
 impl EventReader {
@@ -338,23 +340,24 @@ impl EventReader {
                 )
             }
         };
+        let event_type: &str = row.try_get_unchecked(4).map_err(err_at("event type"))?;
         let parts = EventParts {
             position,
-            stream_id,
+            stream_id: self.stream_ids.get(stream_id),
             version,
             event_id: row.try_get_unchecked(3).map_err(err_at("event id"))?,
-            event_type: row.try_get_unchecked(4).map_err(err_at("event type"))?,
+            event_type: self.event_types.get(event_type),
             schema_version: row.try_get_unchecked(5).map_err(err_at("schema version"))?,
             payload: row.try_get_unchecked(6).map_err(err_at("payload"))?,
             metadata: row.try_get_unchecked(7).map_err(err_at("metadata"))?,
             recorded_at: timestamp(row, 8).map_err(err_at("recorded time"))?,
         };
-        self.assemble(&parts)
+        self.assemble(parts)
     }
 
     /// Builds a stored event from its decoded columns (read from a row or
     /// from the bytes of a `COPY`).
-    pub(crate) fn assemble(&mut self, parts: &EventParts<'_>) -> Result<RecordedEvent> {
+    pub(crate) fn assemble(&self, parts: EventParts<'_>) -> Result<RecordedEvent> {
         let recorded_at = parts.recorded_at;
         let mut metadata = if parts.metadata == "{}" {
             Metadata::default()
@@ -363,7 +366,7 @@ impl EventReader {
                 Error::store(
                     format!(
                         "cannot read the metadata of {}",
-                        event_location(parts.stream_id, parts.version, parts.position)
+                        event_location(parts.stream_id.as_str(), parts.version, parts.position)
                     ),
                     source,
                 )
@@ -373,9 +376,9 @@ impl EventReader {
         Ok(RecordedEvent {
             position: Position(to_u64(parts.position, "position")?),
             version: Version(to_u64(parts.version, "version")?),
-            stream_id: self.stream_ids.get(parts.stream_id),
+            stream_id: parts.stream_id,
             event_id: EventId(parts.event_id),
-            event_type: parts.event_type.to_owned(),
+            event_type: parts.event_type,
             schema_version: stored_schema_version(parts.schema_version)?,
             // The column's type is `json`: the server checked it.
             payload: Payload::from_trusted_json(parts.payload),
@@ -385,14 +388,15 @@ impl EventReader {
     }
 }
 
-/// The columns of a stored event (those of `EVENT_COLUMNS`), decoded and
-/// borrowed from the row or the bytes they came in.
+/// The columns of a stored event (those of `EVENT_COLUMNS`), decoded; the
+/// texts borrowed from the row or the bytes they came in, the stream id and
+/// type name from the [`EventReader`]'s reused ones.
 pub(crate) struct EventParts<'a> {
     pub(crate) position: i64,
-    pub(crate) stream_id: &'a str,
+    pub(crate) stream_id: StreamId,
     pub(crate) version: i64,
     pub(crate) event_id: Uuid,
-    pub(crate) event_type: &'a str,
+    pub(crate) event_type: EventType,
     pub(crate) schema_version: i32,
     pub(crate) payload: &'a str,
     pub(crate) metadata: &'a str,

@@ -632,7 +632,7 @@ impl PgEventStore {
                         position: event.position,
                         stream_id: event.stream_id.clone(),
                         version: event.version,
-                        event_type: event.event_type.clone(),
+                        event_type: event.event_type.to_string(),
                         source,
                     })
                 })?;
@@ -1318,7 +1318,7 @@ impl CheckpointStore for PgEventStore {
             .bind(event.stream_id.as_str())
             .bind(to_i64(event.version.0, "version")?)
             .bind(event.event_id.0)
-            .bind(&event.event_type)
+            .bind(event.event_type.as_str())
             .bind(to_i32(event.schema_version, "schema version")?)
             .bind(event.payload.as_str())
             .bind(metadata_json(&event.metadata)?)

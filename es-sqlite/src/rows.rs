@@ -4,8 +4,8 @@ use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use es_core::{
-    Checkpoint, Committed, EventId, Metadata, NewEvent, ParkedEvent, Payload, Position,
-    RecordedEvent, Snapshot, StreamId, StreamIdReuse, Version,
+    Checkpoint, Committed, EventId, EventTypeReuse, Metadata, NewEvent, ParkedEvent, Payload,
+    Position, RecordedEvent, Snapshot, StreamId, StreamIdReuse, Version,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
@@ -171,7 +171,9 @@ impl Unpacker<'_> {
         }
         // Events of one stream come together (a page of one stream, or a
         // burst of one aggregate's events in the log): they share one id.
+        // Events of one type share one name.
         let mut stream_ids_reused = StreamIdReuse::default();
+        let mut event_types_reused = EventTypeReuse::default();
         for index in 0..count {
             let position = Position(to_u64(
                 positions.next().ok_or_else(|| malformed("position"))?,
@@ -210,7 +212,7 @@ impl Unpacker<'_> {
                 event_id: EventId(
                     Uuid::try_parse(event_id).map_err(|e| corrupt("event_id is not a UUID", &e))?,
                 ),
-                event_type: event_type.to_owned(),
+                event_type: event_types_reused.get(event_type),
                 schema_version: u32::try_from(schema_version)
                     .map_err(|e| corrupt("schema_version out of range", &e))?,
                 payload,
@@ -320,7 +322,7 @@ fn decode_event_at(row: &SqliteRow, at: usize) -> Result<RecordedEvent, Error> {
     let stream_id: String = get(row, at + 1, "stream_id")?;
     let version: i64 = get(row, at + 2, "version")?;
     let event_id: Uuid = get(row, at + 3, "event_id")?;
-    let event_type: String = get(row, at + 4, "event_type")?;
+    let event_type: &str = get(row, at + 4, "event_type")?;
     let schema_version: i64 = get(row, at + 5, "schema_version")?;
     let payload: &str = get(row, at + 6, "payload")?;
     let metadata: &str = get(row, at + 7, "metadata")?;
@@ -335,7 +337,7 @@ fn decode_event_at(row: &SqliteRow, at: usize) -> Result<RecordedEvent, Error> {
         stream_id: StreamId::new(stream_id),
         version: Version(to_u64(version, "version")?),
         event_id: EventId(event_id),
-        event_type,
+        event_type: event_type.into(),
         schema_version: u32::try_from(schema_version)
             .map_err(|e| corrupt("schema_version out of range", &e))?,
         payload,

@@ -67,7 +67,7 @@ impl Handles<OrderEvent> for OrderRows {
         .bind(event.position.0 as i64)
         .bind(event.stream_id.as_str())
         .bind(event.version.0 as i64)
-        .bind(&event.event_type)
+        .bind(event.event_type.as_str())
         .bind(total.map(|t| t as i64))
         .execute(tx.conn())
         .await?;

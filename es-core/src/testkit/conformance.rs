@@ -891,7 +891,7 @@ pub async fn visit_stream_in_order<S: ConformanceStore>(store: S) {
                 (
                     e.position,
                     e.version,
-                    e.event_type,
+                    e.event_type.to_string(),
                     e.schema_version,
                     e.payload,
                 )

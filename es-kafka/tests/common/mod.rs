@@ -465,7 +465,7 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 pub fn message_headers(event: &RecordedEvent) -> Vec<(String, String)> {
     vec![
         ("es-event-id".into(), event.event_id.to_string()),
-        ("es-event-type".into(), event.event_type.clone()),
+        ("es-event-type".into(), event.event_type.to_string()),
         ("es-schema-version".into(), event.schema_version.to_string()),
         ("es-stream-version".into(), event.version.0.to_string()),
         ("es-position".into(), event.position.0.to_string()),

@@ -592,7 +592,7 @@ fn stored_v1() -> RecordedEvent {
         stream_id: StreamId::new(row["stream_id"].as_str().unwrap()),
         version: Version(row["version"].as_u64().unwrap()),
         event_id: serde_json::from_value(row["event_id"].clone()).unwrap(),
-        event_type: row["event_type"].as_str().unwrap().to_owned(),
+        event_type: row["event_type"].as_str().unwrap().into(),
         schema_version: u32::try_from(row["schema_version"].as_u64().unwrap()).unwrap(),
         payload: row["payload"].clone().into(),
         metadata: serde_json::from_value(row["metadata"].clone()).unwrap(),
@@ -632,7 +632,7 @@ async fn an_order_stored_at_v1_still_loads_and_takes_commands() {
     let store = InMemoryStore::new();
     let event = NewEvent {
         event_id: EventId::new(),
-        event_type: stored.event_type.clone(),
+        event_type: stored.event_type.to_string(),
         schema_version: stored.schema_version,
         payload: stored.payload.clone(),
         metadata: Metadata::default(),
