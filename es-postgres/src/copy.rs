@@ -6,8 +6,9 @@
 //! PostgreSQL's binary form as one stream of bytes, which this module
 //! parses itself: a header, then per row a field count and each field's
 //! length (-1 for null) and bytes, then -1 for the end. The columns are
-//! those of the log's page statement: the event's nine, then the header
-//! row's `tail` and `pending`.
+//! those of the log's page statement: the event's nine, in which the
+//! header row (no position) carries `tail` (as the version) and `pending`
+//! (as the schema version, 1 or 0).
 
 use chrono::{DateTime, Utc};
 use es_core::{Error, RecordedEvent, Result};
@@ -22,8 +23,8 @@ use crate::row::{binary_timestamp, db_error_in, event_location, EventParts, Even
 /// length of a header extension.
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
-/// The columns of a page: the event's nine, then `tail` and `pending`.
-const COLUMNS: usize = 11;
+/// The columns of a page: the event's nine.
+const COLUMNS: usize = 9;
 
 /// One row's fields, `None` for null.
 type Fields<'a> = [Option<&'a [u8]>; COLUMNS];
@@ -173,10 +174,10 @@ impl Page {
             if self.header.is_some() {
                 return Err("the page has two header rows".to_owned());
             }
-            let tail = fields[9].map(|bytes| int8(bytes, "tail")).transpose()?;
-            let pending = match fields[10] {
-                Some([byte]) => *byte != 0,
-                _ => return Err("the header row's `pending` is not a boolean".to_owned()),
+            let tail = fields[2].map(|bytes| int8(bytes, "tail")).transpose()?;
+            let pending = match fields[5].map(<[u8; 4]>::try_from) {
+                Some(Ok(flag)) => i32::from_be_bytes(flag) != 0,
+                _ => return Err("the header row's `pending` is not a 4-byte integer".to_owned()),
             };
             self.header = Some((tail, pending));
             return Ok(());
@@ -339,8 +340,8 @@ mod tests {
 
     fn header_row(tail: Option<i64>, pending: bool) -> Vec<Option<Vec<u8>>> {
         let mut row = vec![None; 9];
-        row.push(tail.map(|t| t.to_be_bytes().to_vec()));
-        row.push(Some(vec![u8::from(pending)]));
+        row[2] = tail.map(|t| t.to_be_bytes().to_vec());
+        row[5] = Some(i32::from(pending).to_be_bytes().to_vec());
         row
     }
 
@@ -356,8 +357,6 @@ mod tests {
             Some(b"{}".to_vec()),
             // 2000-01-01 00:00:01 UTC.
             Some(1_000_000i64.to_be_bytes().to_vec()),
-            None,
-            None,
         ]
     }
 
@@ -415,7 +414,7 @@ mod tests {
         .contains("two header rows"));
         let mut short = event_row(10, 3, "{}");
         short.pop();
-        assert!(fail(&copy_bytes(&[short])).contains("10 columns, not 11"));
+        assert!(fail(&copy_bytes(&[short])).contains("8 columns, not 9"));
 
         let mut bad_uuid = event_row(10, 3, "{}");
         bad_uuid[3] = Some(vec![1, 2, 3]);

@@ -643,7 +643,7 @@ impl PgEventStore {
     }
 
     /// Reads a page of the global log into `events` and answers the header
-    /// row's `tail` and `pending`. A page of the whole log is a binary
+    /// row's `tail` and `pending` (see the page statement in `sql.rs`). A page of the whole log is a binary
     /// `COPY` ([`copy::read_page`]); a page of some event types is the
     /// prepared statement with the types bound, each row turned into an
     /// event as it arrives (while the server still sends the rest).
@@ -678,10 +678,14 @@ impl PgEventStore {
             if let Some(position) = position {
                 events.push(reader.read_at(&row, position)?);
             } else {
+                // `tail` and `pending` in the columns of version and schema
+                // version (see the page statement).
                 header = Some((
-                    row.try_get::<Option<i64>, _>("tail")
+                    row.try_get::<Option<i64>, _>("version")
                         .map_err(db_error_in(&context))?,
-                    row.try_get("pending").map_err(db_error_in(&context))?,
+                    row.try_get::<i32, _>("schema_version")
+                        .map_err(db_error_in(&context))?
+                        != 0,
                 ));
             }
         }
