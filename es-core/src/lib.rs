@@ -5,7 +5,8 @@
 //! shares:
 //!
 //! - the vocabulary: [`StreamId`], [`Version`], [`Position`], [`EventId`],
-//!   [`Metadata`], [`ExpectedVersion`], [`RecordedEvent`], [`Envelope`];
+//!   [`EventType`], [`Metadata`], [`ExpectedVersion`], [`RecordedEvent`],
+//!   [`Envelope`];
 //! - the domain traits: [`Event`] (with its [`EventSchema`]: types, aliases,
 //!   upcasters, catalog) and [`Aggregate`] (pure `handle` and `apply`), with
 //!   their derive macros;
