@@ -101,6 +101,9 @@ struct Page {
     /// The header row's `tail` and `pending`, once read.
     header: Option<Header>,
     reader: EventReader,
+    /// The last recorded time read, as sent and decoded: the events of one
+    /// append share it.
+    last_time: Option<([u8; 8], DateTime<Utc>)>,
 }
 
 impl Page {
@@ -211,7 +214,9 @@ impl Page {
             schema_version: int4(fields[5]).map_err(|why| at("schema version", why))?,
             payload: text(fields[6], "payload").map_err(|why| at("payload", why))?,
             metadata: metadata(fields[7]).map_err(|why| at("metadata", why))?,
-            recorded_at: timestamp(fields[8]).map_err(|why| at("recorded time", why))?,
+            recorded_at: self
+                .recorded_at(fields[8])
+                .map_err(|why| at("recorded time", why))?,
             stream_id,
         };
         let event = self
@@ -220,6 +225,23 @@ impl Page {
             .map_err(|error| error.to_string())?;
         events.push(event);
         Ok(())
+    }
+}
+
+impl Page {
+    /// An event's recorded time: the last one read again when the bytes are
+    /// the same.
+    fn recorded_at(&mut self, field: Option<&[u8]>) -> std::result::Result<DateTime<Utc>, String> {
+        let bytes = required(field, "recorded_at")?;
+        match &self.last_time {
+            Some((last, time)) if last.as_slice() == bytes => Ok(*time),
+            _ => {
+                let time = binary_timestamp(bytes).map_err(|error| error.to_string())?;
+                // `binary_timestamp` checked that it has 8 bytes.
+                self.last_time = <[u8; 8]>::try_from(bytes).ok().map(|raw| (raw, time));
+                Ok(time)
+            }
+        }
     }
 }
 
@@ -309,10 +331,6 @@ fn metadata(field: Option<&[u8]>) -> std::result::Result<&str, String> {
     }
 }
 
-fn timestamp(field: Option<&[u8]>) -> std::result::Result<DateTime<Utc>, String> {
-    binary_timestamp(required(field, "recorded_at")?).map_err(|error| error.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +415,26 @@ mod tests {
         let (events, header) = parse_in_chunks(&copy_bytes(&[header_row(None, false)]), 5).unwrap();
         assert!(events.is_empty());
         assert_eq!(header, (None, false));
+    }
+
+    #[test]
+    fn each_event_has_its_own_time_when_times_repeat_and_change() {
+        let seconds = [1, 1, 2, 1, 3, 3];
+        let mut rows = vec![header_row(None, false)];
+        for (i, second) in seconds.iter().enumerate() {
+            let mut row = event_row(10 + i as i64, 1 + i as i64, "{}");
+            row[8] = Some((second * 1_000_000i64).to_be_bytes().to_vec());
+            rows.push(row);
+        }
+        let (events, _) = parse_in_chunks(&copy_bytes(&rows), 64).unwrap();
+        let read: Vec<i64> = events
+            .iter()
+            .map(|e| e.recorded_at.timestamp() - 946_684_800)
+            .collect();
+        assert_eq!(read, seconds);
+        assert!(events
+            .iter()
+            .all(|e| e.metadata.recorded_at == Some(e.recorded_at)));
     }
 
     #[test]
