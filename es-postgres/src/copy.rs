@@ -167,6 +167,21 @@ impl Page {
         Ok(at)
     }
 
+    /// An event's recorded time: the last one read again when the bytes are
+    /// the same.
+    fn recorded_at(&mut self, field: Option<&[u8]>) -> std::result::Result<DateTime<Utc>, String> {
+        let bytes = required(field, "recorded_at")?;
+        match &self.last_time {
+            Some((last, time)) if last.as_slice() == bytes => Ok(*time),
+            _ => {
+                let time = binary_timestamp(bytes).map_err(|error| error.to_string())?;
+                // `binary_timestamp` checked that it has 8 bytes.
+                self.last_time = <[u8; 8]>::try_from(bytes).ok().map(|raw| (raw, time));
+                Ok(time)
+            }
+        }
+    }
+
     /// Takes one row: the header (no position) or an event.
     fn take(
         &mut self,
@@ -190,7 +205,9 @@ impl Page {
             .reader
             .stream_ids
             .get_utf8(required(fields[1], "stream_id")?)
-            .map_err(|error| format!("the event's `stream_id` is not UTF-8: {error}"))?;
+            .map_err(|error| {
+                format!("the `stream_id` of the event at position {position} is not UTF-8: {error}")
+            })?;
         let version = int8(required(fields[2], "version")?, "version")?;
         let at = |column: &str, why: String| {
             format!(
@@ -225,23 +242,6 @@ impl Page {
             .map_err(|error| error.to_string())?;
         events.push(event);
         Ok(())
-    }
-}
-
-impl Page {
-    /// An event's recorded time: the last one read again when the bytes are
-    /// the same.
-    fn recorded_at(&mut self, field: Option<&[u8]>) -> std::result::Result<DateTime<Utc>, String> {
-        let bytes = required(field, "recorded_at")?;
-        match &self.last_time {
-            Some((last, time)) if last.as_slice() == bytes => Ok(*time),
-            _ => {
-                let time = binary_timestamp(bytes).map_err(|error| error.to_string())?;
-                // `binary_timestamp` checked that it has 8 bytes.
-                self.last_time = <[u8; 8]>::try_from(bytes).ok().map(|raw| (raw, time));
-                Ok(time)
-            }
-        }
     }
 }
 
@@ -475,7 +475,10 @@ mod tests {
                 event_row(10, 3, "{}"),
                 bad,
             ]));
-            assert!(error.contains(what) && error.contains("utf-8"), "{error}");
+            assert!(
+                error.contains(what) && error.contains("utf-8") && error.contains("position 11"),
+                "{error}"
+            );
         }
         let mut infinite = event_row(10, 3, "{}");
         infinite[8] = Some(i64::MAX.to_be_bytes().to_vec());
