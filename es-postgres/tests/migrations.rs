@@ -14,6 +14,7 @@ use es_postgres::{PgEventStore, PgStoreOptions, MIGRATOR};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use std::time::Duration;
 
 fn checked(schema: &str) -> PgStoreOptions {
     PgStoreOptions::new()
@@ -438,6 +439,14 @@ async fn round_trip(store: &PgEventStore, after: Position) {
         .committed()
         .clone();
     assert!(committed.first_position > after);
+    // A long transaction of a test beside this one (the insert of 2^20 + 1
+    // events below) holds readers back until it ends: wait for the event
+    // to become readable, as a subscriber would.
+    let readable = store
+        .wait_for_events(after, Duration::from_secs(120))
+        .await
+        .expect("wait for the new event");
+    assert!(readable, "the new event never became readable");
     let log = store
         .read_all(after, &EventFilter::all(), 10)
         .await
