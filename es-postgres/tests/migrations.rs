@@ -7,14 +7,14 @@
 mod common;
 
 use es_core::{
-    AppendOptions, CheckpointStore, EventFilter, EventId, EventStore, ExpectedVersion, Metadata,
-    NewEvent, Position, RecordedEvent, StreamId,
+    AppendOptions, CheckpointStore, EventFilter, EventId, EventStore, ExpectedVersion, LogSlice,
+    Metadata, NewEvent, Position, RecordedEvent, StreamId,
 };
 use es_postgres::{PgEventStore, PgStoreOptions, MIGRATOR};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn checked(schema: &str) -> PgStoreOptions {
     PgStoreOptions::new()
@@ -360,10 +360,7 @@ async fn positions_of_an_earlier_store_are_renumbered_in_their_log_order() {
         ],
         "the migration leaves no table of its own"
     );
-    let log = store
-        .read_all(Position::START, &EventFilter::all(), 100)
-        .await
-        .expect("read the log");
+    let log = read_readable(&store, Position::START, 4).await;
     let notes: Vec<String> = log.events.iter().map(note).collect();
     assert_eq!(notes, ["a1", "a2", "b1", "c1"], "the log keeps its order");
     let position = |n: &str| log.events[notes.iter().position(|x| x == n).unwrap()].position;
@@ -389,10 +386,7 @@ async fn positions_of_an_earlier_store_are_renumbered_in_their_log_order() {
     assert_eq!(checkpoint("start").await, Position::START);
     assert_eq!(checkpoint("after_b1").await, position("b1"));
     assert_eq!(checkpoint("beyond").await, position("c1"));
-    let after_a2 = store
-        .read_all(position("a2"), &EventFilter::all(), 100)
-        .await
-        .expect("read after a2");
+    let after_a2 = read_readable(&store, position("a2"), 2).await;
     let rest: Vec<String> = after_a2.events.iter().map(note).collect();
     assert_eq!(rest, ["b1", "c1"], "a checkpoint goes on where it stood");
 
@@ -439,21 +433,31 @@ async fn round_trip(store: &PgEventStore, after: Position) {
         .committed()
         .clone();
     assert!(committed.first_position > after);
-    // A long transaction of a test beside this one (the insert of 2^20 + 1
-    // events below) holds readers back until it ends: wait for the event
-    // to become readable, as a subscriber would.
-    let readable = store
-        .wait_for_events(after, Duration::from_secs(120))
-        .await
-        .expect("wait for the new event");
-    assert!(readable, "the new event never became readable");
-    let log = store
-        .read_all(after, &EventFilter::all(), 10)
-        .await
-        .expect("read the new event");
+    let log = read_readable(store, after, 1).await;
     let notes: Vec<String> = log.events.iter().map(note).collect();
     assert_eq!(notes, ["d1"]);
     assert_eq!(log.events[0].stream_id, stream);
+}
+
+/// The log after `after` once at least `n` events are readable (or after
+/// two minutes): a long transaction of a test beside this one (the insert
+/// of 2^20 + 1 events below) holds every reader back until it ends, longer
+/// than a read's own short wait.
+async fn read_readable(store: &PgEventStore, after: Position, n: usize) -> LogSlice {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let log = store
+            .read_all(after, &EventFilter::all(), 100)
+            .await
+            .expect("read the log");
+        if log.events.len() >= n || Instant::now() >= deadline {
+            return log;
+        }
+        store
+            .wait_for_events(log.next, Duration::from_secs(1))
+            .await
+            .expect("wait for events");
+    }
 }
 
 async fn execute_on(conn: &mut PgConnection, sql: &str) {
