@@ -526,7 +526,7 @@ where
             Err(source) => return self.refuse(event, source).await.map(|()| None),
         };
         let topic = self.topics.topic(event);
-        let headers = headers::encode(event, &event_type, schema_version);
+        let headers = headers::encode(event, event_type, schema_version);
         let mut record = FutureRecord::to(&topic)
             .key(event.stream_id.as_str())
             .payload(payload.as_str())
@@ -561,22 +561,22 @@ where
     }
 
     /// The type name, schema version and JSON payload to publish.
-    fn encode(
-        &self,
-        event: &RecordedEvent,
-    ) -> std::result::Result<(String, u32, Payload), BoxError> {
+    fn encode<'a>(
+        &'a self,
+        event: &'a RecordedEvent,
+    ) -> std::result::Result<(&'a str, u32, Payload), BoxError> {
         for schema in &self.schemas {
             match schema.upcast(&event.event_type, event.schema_version, &event.payload) {
                 Ok((name, payload)) => {
                     let version = schema.current_version(name).unwrap_or(event.schema_version);
-                    return Ok((name.to_owned(), version, payload.into_owned()));
+                    return Ok((name, version, payload.into_owned()));
                 }
                 Err(es_core::DecodeErrorKind::UnknownType) => {}
                 Err(kind) => return Err(Box::new(kind)),
             }
         }
         Ok((
-            event.event_type.to_string(),
+            event.event_type.as_str(),
             event.schema_version,
             event.payload.clone(),
         ))
