@@ -450,6 +450,15 @@ mod tests {
             header_row(None, false)
         ]))
         .contains("two header rows"));
+        for pending in [None, Some(vec![1])] {
+            let mut header = header_row(None, true);
+            header[5] = pending;
+            let error = fail(&copy_bytes(&[header, event_row(10, 3, "{}")]));
+            assert!(
+                error.contains("`pending` is not a 4-byte integer"),
+                "{error}"
+            );
+        }
         let mut short = event_row(10, 3, "{}");
         short.pop();
         assert!(fail(&copy_bytes(&[short])).contains("8 columns, not 9"));
