@@ -17,7 +17,9 @@ use sqlx::{PgPool, Postgres};
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
-use crate::row::{binary_timestamp, db_error_in, event_location, EventParts, EventReader};
+use crate::row::{
+    binary_timestamp, db_error_in, event_location, EventParts, EventReader, NULL_SCHEMA_VERSION,
+};
 
 /// The start of a binary `COPY`: its signature, then 32-bit flags and the
 /// length of a header extension.
@@ -228,7 +230,7 @@ impl Page {
             version,
             event_id: uuid(fields[3]).map_err(|why| at("event id", why))?,
             event_type,
-            schema_version: int4(fields[5]).map_err(|why| at("schema version", why))?,
+            schema_version: schema_version(fields[5]).map_err(|why| at("schema version", why))?,
             payload: text(fields[6], "payload").map_err(|why| at("payload", why))?,
             metadata: metadata(fields[7]).map_err(|why| at("metadata", why))?,
             recorded_at: self
@@ -307,8 +309,11 @@ fn int8(bytes: &[u8], column: &str) -> std::result::Result<i64, String> {
         .map_err(|_| format!("`{column}` has {} bytes, not 8", bytes.len()))
 }
 
-fn int4(field: Option<&[u8]>) -> std::result::Result<i32, String> {
-    let bytes = required(field, "schema_version")?;
+/// The schema version: null is the one sent as null (see `EVENT_COLUMNS`).
+fn schema_version(field: Option<&[u8]>) -> std::result::Result<i32, String> {
+    let Some(bytes) = field else {
+        return Ok(NULL_SCHEMA_VERSION);
+    };
     <[u8; 4]>::try_from(bytes)
         .map(i32::from_be_bytes)
         .map_err(|_| format!("it has {} bytes, not 4", bytes.len()))
@@ -323,10 +328,11 @@ fn text<'a>(field: Option<&'a [u8]>, column: &str) -> std::result::Result<&'a st
     std::str::from_utf8(required(field, column)?).map_err(|error| error.to_string())
 }
 
-/// The metadata column's text; the usual empty object without a check.
+/// The metadata column's text: null (no metadata) and the empty object
+/// without a check.
 fn metadata(field: Option<&[u8]>) -> std::result::Result<&str, String> {
     match field {
-        Some(b"{}") => Ok("{}"),
+        None | Some(b"{}") => Ok("{}"),
         field => text(field, "metadata"),
     }
 }
@@ -415,6 +421,22 @@ mod tests {
         let (events, header) = parse_in_chunks(&copy_bytes(&[header_row(None, false)]), 5).unwrap();
         assert!(events.is_empty());
         assert_eq!(header, (None, false));
+    }
+
+    #[test]
+    fn null_is_schema_version_1_and_no_metadata() {
+        let mut plain = event_row(10, 1, "{}");
+        plain[5] = None;
+        plain[7] = None;
+        let mut correlated = event_row(11, 2, "{}");
+        correlated[7] = Some(br#"{"correlation_id":"c1"}"#.to_vec());
+        let bytes = copy_bytes(&[header_row(None, false), plain, correlated]);
+        let (events, _) = parse_in_chunks(&bytes, 16).unwrap();
+        assert_eq!(events[0].schema_version, 1);
+        assert_eq!(events[0].metadata.correlation_id, None);
+        assert!(events[0].metadata.extra.is_empty());
+        assert_eq!(events[1].schema_version, 2);
+        assert_eq!(events[1].metadata.correlation_id.as_deref(), Some("c1"));
     }
 
     #[test]

@@ -222,7 +222,10 @@
 //! | `inbox` | per consumer and stream, the highest version claimed |
 //!
 //! Payloads and metadata are stored as `json` (kept as written; cast to
-//! `jsonb` in queries that need operators).
+//! `jsonb` in queries that need operators). An event without metadata (no
+//! correlation id, causation id or extra key) has a null `metadata`; events
+//! stored before migration 0004 hold `{}` there, which reads the same.
+//! Both give `NULL` for `metadata->>'correlation_id'`.
 //!
 //! # The pool
 //!

@@ -43,17 +43,26 @@ pub(crate) fn to_i32(value: u32, what: &str) -> Result<i32> {
     })
 }
 
-/// The metadata column: everything but `recorded_at`, which has its own column.
-pub(crate) fn metadata_json(metadata: &Metadata) -> Result<String> {
+/// The metadata column: everything but `recorded_at`, which has its own
+/// column; `None` (stored as null) when that is nothing.
+pub(crate) fn metadata_json(metadata: &Metadata) -> Result<Option<String>> {
     let stored = Metadata {
         recorded_at: None,
         ..metadata.clone()
     };
-    serde_json::to_string(&stored).map_err(|source| Error::Encode {
+    let json = serde_json::to_string(&stored).map_err(|source| Error::Encode {
         what: "event metadata".into(),
         source,
-    })
+    })?;
+    Ok((json != EMPTY_METADATA).then_some(json))
 }
+
+/// The metadata of an event that has none, as JSON.
+const EMPTY_METADATA: &str = "{}";
+
+/// The schema version that the log's reads send as null (see
+/// `EVENT_COLUMNS`).
+pub(crate) const NULL_SCHEMA_VERSION: i32 = 1;
 
 /// Whether two metadata store the same (`recorded_at` has its own column).
 fn same_stored_metadata(a: &Metadata, b: &Metadata) -> bool {
@@ -68,7 +77,7 @@ pub(crate) struct EventColumns<'a> {
     pub(crate) event_types: Vec<&'a str>,
     pub(crate) schema_versions: Vec<i32>,
     pub(crate) payloads: Vec<&'a str>,
-    pub(crate) metadata: Vec<String>,
+    pub(crate) metadata: Vec<Option<String>>,
     pub(crate) recorded_at: Vec<DateTime<Utc>>,
 }
 
@@ -95,7 +104,7 @@ impl<'a> EventColumns<'a> {
                         .bind(*event_type)
                         .bind(schema_version)
                         .bind(*payload)
-                        .bind(metadata.as_str())
+                        .bind(metadata.as_deref())
                         .bind(recorded_at),
                 )
             }
@@ -116,7 +125,7 @@ impl<'a> EventColumns<'a> {
         }
         let event_type = *shared(&self.event_types)?;
         let schema_version = shared(&self.schema_versions)?;
-        let metadata = shared(&self.metadata)?.as_str();
+        let metadata = shared(&self.metadata)?.as_deref();
         let recorded_at = shared(&self.recorded_at)?;
         Some(
             query()
@@ -155,7 +164,7 @@ impl<'a> EventColumns<'a> {
             recorded_at: Vec::with_capacity(events.len()),
         };
         // The events of one command share their metadata: encode it once.
-        let mut last_metadata: Option<(&Metadata, String)> = None;
+        let mut last_metadata: Option<(&Metadata, Option<String>)> = None;
         for event in events {
             let metadata = match &last_metadata {
                 Some((previous, json)) if same_stored_metadata(previous, &event.metadata) => {
@@ -347,9 +356,15 @@ impl EventReader {
             version,
             event_id: row.try_get_unchecked(3).map_err(err_at("event id"))?,
             event_type: self.event_types.get(event_type),
-            schema_version: row.try_get_unchecked(5).map_err(err_at("schema version"))?,
+            schema_version: row
+                .try_get_unchecked::<Option<i32>, _>(5)
+                .map_err(err_at("schema version"))?
+                .unwrap_or(NULL_SCHEMA_VERSION),
             payload: row.try_get_unchecked(6).map_err(err_at("payload"))?,
-            metadata: row.try_get_unchecked(7).map_err(err_at("metadata"))?,
+            metadata: row
+                .try_get_unchecked::<Option<&str>, _>(7)
+                .map_err(err_at("metadata"))?
+                .unwrap_or(EMPTY_METADATA),
             recorded_at: timestamp(row, 8).map_err(err_at("recorded time"))?,
         };
         self.assemble(parts)
@@ -359,7 +374,7 @@ impl EventReader {
     /// from the bytes of a `COPY`).
     pub(crate) fn assemble(&self, parts: EventParts<'_>) -> Result<RecordedEvent> {
         let recorded_at = parts.recorded_at;
-        let mut metadata = if parts.metadata == "{}" {
+        let mut metadata = if parts.metadata == EMPTY_METADATA {
             Metadata::default()
         } else {
             serde_json::from_str::<Metadata>(parts.metadata).map_err(|source| {
@@ -447,7 +462,7 @@ mod tests {
     fn metadata_column_leaves_out_recorded_at() {
         let mut meta = Metadata::correlated("c1").with("k", "v");
         meta.recorded_at = Some(Utc::now());
-        let json: Value = serde_json::from_str(&metadata_json(&meta).unwrap()).unwrap();
+        let json: Value = serde_json::from_str(&metadata_json(&meta).unwrap().unwrap()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"correlation_id": "c1", "extra": {"k": "v"}})
@@ -484,8 +499,8 @@ mod tests {
         assert_eq!(cols.event_ids[0], first.event_id.0);
         assert_eq!(
             cols.metadata,
-            ["{}", "{}"],
-            "recorded_at is not in the column"
+            [None, None],
+            "no metadata but recorded_at: nothing stored (null)"
         );
         let correlated = NewEvent {
             metadata: Metadata::correlated("c9"),
@@ -496,9 +511,9 @@ mod tests {
         assert_eq!(
             cols.metadata,
             [
-                "{}",
-                r#"{"correlation_id":"c9"}"#,
-                r#"{"correlation_id":"c9"}"#
+                None,
+                Some(r#"{"correlation_id":"c9"}"#.to_owned()),
+                Some(r#"{"correlation_id":"c9"}"#.to_owned())
             ]
         );
     }
