@@ -225,7 +225,12 @@
 //! `jsonb` in queries that need operators). An event without metadata (no
 //! correlation id, causation id or extra key) has a null `metadata`; events
 //! stored before migration 0004 hold `{}` there, which reads the same.
-//! Both give `NULL` for `metadata->>'correlation_id'`.
+//! Both give `NULL` for `metadata->>'correlation_id'`. A process built
+//! before that migration refuses to open a schema that has it (a migration
+//! it does not know), and one already running when it is applied fails to
+//! read such an event (an error naming it; nothing is lost): in a rolling
+//! deploy, stop the older processes' readers (projections, the relay)
+//! first, or expect them to stop with that error until they are replaced.
 //!
 //! # The pool
 //!
