@@ -78,6 +78,7 @@ pub(crate) struct Statements {
     copy_page: [String; 2],
     pub(crate) head: String,
     pub(crate) head_unprotected: String,
+    pub(crate) nth_readable: String,
     pub(crate) probe: String,
     pub(crate) probe_unprotected: String,
     pub(crate) find_key: String,
@@ -383,6 +384,13 @@ impl Statements {
             "SELECT (SELECT max(position) FROM {s}.events WHERE position < {bound}) AS head,
                     {pending} AS pending"
         );
+        // The position of the readable event `$2` (from 0) after `$1`: where
+        // the second half of a split read starts. An index-only scan of the
+        // primary key.
+        let nth_readable = format!(
+            "SELECT position FROM {s}.events WHERE position > $1 AND position < {bound}
+             ORDER BY position OFFSET $2 LIMIT 1"
+        );
         let head_unprotected =
             format!("SELECT max(position) AS head, false AS pending FROM {s}.events");
         // `ORDER BY … LIMIT 1` rather than `EXISTS`: the planner then walks
@@ -435,6 +443,7 @@ impl Statements {
             copy_page,
             head,
             head_unprotected,
+            nth_readable,
             probe,
             probe_unprotected,
             find_key: format!(

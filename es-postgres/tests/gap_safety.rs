@@ -2,8 +2,11 @@
 //! total, many in transactions held open for random short times, while a
 //! subscriber follows the global log; the subscriber must receive every
 //! event exactly once, and each stream's events in version order. Three
-//! rounds, each in a fresh schema. Every kind of append numbers its events
-//! in the range of its own, committed, transaction (the log's order).
+//! rounds, each in a fresh schema; then a round whose subscriber starts when
+//! half the events are written and catches up with reads large enough that
+//! the store reads each as two halves at once. Every kind of append numbers
+//! its events in the range of its own, committed, transaction (the log's
+//! order).
 //!
 //! The ignored test `without_protection_the_test_catches_a_skip` runs the
 //! same workload with the gap protection switched off (plain position order)
@@ -112,10 +115,27 @@ async fn writer(store: PgEventStore, writer: usize, count: usize, seed: u64) {
     }
 }
 
+/// How the subscriber reads.
+#[derive(Clone, Copy)]
+struct Reading {
+    /// The most events per read.
+    limit: usize,
+    /// Whether it starts only once half the events are in the log.
+    late: bool,
+}
+
+/// Pages of 1,000 from the start: the subscriber keeps up.
+const FOLLOWING: Reading = Reading {
+    limit: 1_000,
+    late: false,
+};
+
 /// What the subscriber saw.
 #[derive(Debug, Default)]
 struct Report {
     received: usize,
+    /// The most events one read gave.
+    largest_read: usize,
     duplicates: usize,
     missing: usize,
     out_of_version_order: usize,
@@ -124,7 +144,7 @@ struct Report {
 
 /// Runs the writers and a subscriber that follows the global log from the
 /// start until the writers are done and the log has no more events.
-async fn follow_while_writing(store: PgEventStore, seed: u64) -> Report {
+async fn follow_while_writing(store: PgEventStore, seed: u64, reading: Reading) -> Report {
     let started = Instant::now();
     let writing = store.with_inline(HoldOpen);
     let done = Arc::new(AtomicUsize::new(0));
@@ -150,11 +170,24 @@ async fn follow_while_writing(store: PgEventStore, seed: u64) -> Report {
     let mut report = Report::default();
     let mut after = Position::START;
     let deadline = Instant::now() + Duration::from_secs(600);
+    if reading.late {
+        let count = format!("SELECT count(*) FROM \"{}\".events", store.schema());
+        while Instant::now() < deadline {
+            let n: i64 = sqlx::query_scalar(&count)
+                .fetch_one(store.pool())
+                .await
+                .expect("count the events");
+            if usize::try_from(n).expect("a count") >= TOTAL / 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut idle_after_done = 0;
     let mut finished = false;
     while Instant::now() < deadline && !finished {
         let slice = store
-            .read_all(after, &EventFilter::all(), 1_000)
+            .read_all(after, &EventFilter::all(), reading.limit)
             .await
             .expect("read the global log");
         if slice.events.is_empty() {
@@ -174,6 +207,7 @@ async fn follow_while_writing(store: PgEventStore, seed: u64) -> Report {
         }
         idle_after_done = 0;
         after = slice.next;
+        report.largest_read = report.largest_read.max(slice.events.len());
         for e in slice.events {
             report.received += 1;
             let payload = e.payload.to_value().expect("JSON payload");
@@ -204,7 +238,8 @@ fn subscriber_receives_every_event_exactly_once_three_times() {
     es_core::testkit::block_on(async {
         for round in 0..3u64 {
             common::with_store(PgStoreOptions::new(), 20, move |store| async move {
-                let report = follow_while_writing(store.clone(), 0x9E37_79B9 + round).await;
+                let report =
+                    follow_while_writing(store.clone(), 0x9E37_79B9 + round, FOLLOWING).await;
                 eprintln!("gap safety round {}: {report:?}", round + 1);
                 assert_eq!(
                     report.missing,
@@ -231,6 +266,30 @@ fn subscriber_receives_every_event_exactly_once_three_times() {
     });
 }
 
+#[test]
+fn a_late_subscriber_catching_up_in_halves_read_at_once_receives_every_event_once() {
+    // Reads of 40,000: the store reads each as two halves of 20,000 at once.
+    let reading = Reading {
+        limit: 40_000,
+        late: true,
+    };
+    es_core::testkit::block_on(async {
+        common::with_store(PgStoreOptions::new(), 20, move |store| async move {
+            let report = follow_while_writing(store, 0x5EED_CAFE, reading).await;
+            eprintln!("catching up in halves: {report:?}");
+            assert_eq!(report.missing, 0, "events skipped: {report:?}");
+            assert_eq!(report.duplicates, 0, "{report:?}");
+            assert_eq!(report.received, TOTAL, "{report:?}");
+            assert_eq!(report.out_of_version_order, 0, "{report:?}");
+            assert!(
+                report.largest_read > reading.limit / 2,
+                "some read must have kept both halves: {report:?}"
+            );
+        })
+        .await;
+    });
+}
+
 /// The position of the last event in log order, read directly.
 async fn last_position(store: &PgEventStore) -> Position {
     let sql = format!("SELECT max(position) FROM \"{}\".events", store.schema());
@@ -247,7 +306,7 @@ fn without_protection_the_test_catches_a_skip() {
     es_core::testkit::block_on(async {
         let options = PgStoreOptions::new().without_gap_protection_for_tests();
         common::with_store(options, 20, |store| async move {
-            let report = follow_while_writing(store, 0xDEAD_BEEF).await;
+            let report = follow_while_writing(store, 0xDEAD_BEEF, FOLLOWING).await;
             eprintln!("without gap protection: {report:?}");
             assert!(
                 report.missing > 0,
