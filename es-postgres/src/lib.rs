@@ -132,12 +132,12 @@
 //! itself: about half the client's time of decoding it as rows. A
 //! connection whose `COPY` was cut short (a read dropped, a malformed
 //! value) is closed rather than reused. A page of the whole log of 16,384
-//! events or more (a catch-up's) is read as two halves at once, on two
-//! connections, so that two server processes send it: the second half
+//! events or more (a catch-up's) is read in two parts at once, on two
+//! connections, so that two server processes send it: the second part
 //! starts at the last event of the first, which an index-only scan finds
-//! meanwhile, and is kept only if the first half ends there (otherwise the
-//! first half alone is the page). With two cores, a catch-up reads about
-//! 15 % more events per second so.
+//! meanwhile, and is kept only if the first part ends there (otherwise the
+//! first part alone is the page). With two cores, a catch-up reads 15 to
+//! 25 % more events per second so.
 //!
 //! **Upgrading.** Stores before this numbering kept a sequence and a third
 //! index; the migration that drops them renumbers the stored events in the

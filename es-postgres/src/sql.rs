@@ -385,7 +385,7 @@ impl Statements {
                     {pending} AS pending"
         );
         // The position of the readable event `$2` (from 0) after `$1`: where
-        // the second half of a split read starts. An index-only scan of the
+        // the second part of a split read starts. An index-only scan of the
         // primary key.
         let nth_readable = format!(
             "SELECT position FROM {s}.events WHERE position > $1 AND position < {bound}

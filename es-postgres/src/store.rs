@@ -660,7 +660,7 @@ impl PgEventStore {
         let after = to_i64(after.0, "position")?;
         let Some(types) = &filter.event_types else {
             if protected && limit >= SPLIT_READ {
-                return self.read_halves(after, limit, &context, events).await;
+                return self.read_split(after, limit, &context, events).await;
             }
             let page = sql.copy_page(protected, after, limit);
             return copy::read_page(&self.shared.pool, &page, &context, events).await;
@@ -698,49 +698,53 @@ impl PgEventStore {
         })
     }
 
-    /// Reads an unfiltered page of `limit` events as two halves at once,
-    /// on two connections, so that two server processes send them: the
-    /// first half from `after`; the second from the position of the last
-    /// event of the first half, which an index-only scan finds meanwhile.
-    /// The second half is kept only when the first ends at that event (it
-    /// then holds every event up to it: all are below its bound, so their
-    /// transactions have ended); otherwise the first half alone is the page
-    /// (a transaction ended between the two statements, or the log has
-    /// fewer events). Answers the header row of the last half kept.
-    async fn read_halves(
+    /// Reads an unfiltered page of `limit` events as two parts at once, on
+    /// two connections, so that two server processes send them: the first
+    /// from `after`; the second from the position of the first's last
+    /// event, which an index-only scan finds meanwhile. The second part is
+    /// kept only when the first ends at that event (it then holds every
+    /// event up to it: all are below its bound, so their transactions have
+    /// ended); otherwise the first part alone is the page (a transaction
+    /// ended between the two statements, or the log has fewer events).
+    /// Answers the header row of the last part kept.
+    ///
+    /// The first part is the larger ([`FIRST_PART`]): the second starts
+    /// only after the scan, which costs about a quarter of reading as many
+    /// events, so the two then end at about the same time.
+    async fn read_split(
         &self,
         after: i64,
         limit: i64,
         context: &(dyn Fn() -> String + Sync),
         events: &mut Vec<RecordedEvent>,
     ) -> Result<(Option<i64>, bool)> {
-        let half = limit / 2;
+        let first = limit * FIRST_PART.0 / FIRST_PART.1;
         let shared = Arc::clone(&self.shared);
         let second = tokio::spawn(async move {
             let context = || format!("cannot read the global log after position {after}");
             let mid: Option<i64> = sqlx::query_scalar(&shared.sql.nth_readable)
                 .bind(after)
-                .bind(half - 1)
+                .bind(first - 1)
                 .fetch_optional(&shared.pool)
                 .await
                 .map_err(db_error_in(&context))?;
             let Some(mid) = mid else {
                 return Ok(None);
             };
-            let page = shared.sql.copy_page(true, mid, limit - half);
+            let page = shared.sql.copy_page(true, mid, limit - first);
             let mut rest = Vec::new();
             let header = copy::read_page(&shared.pool, &page, &context, &mut rest).await?;
             Ok::<_, Error>(Some((mid, rest, header)))
         });
-        // Dropped (this read failed or was cancelled), the second half
+        // Dropped (this read failed or was cancelled), the second part
         // stops too.
         let mut second = AbortOnDrop(second);
-        let page = self.shared.sql.copy_page(true, after, half);
+        let page = self.shared.sql.copy_page(true, after, first);
         let (tail, pending) = copy::read_page(&self.shared.pool, &page, context, events).await?;
         let second = (&mut second.0).await.map_err(|error| {
-            Error::store(format!("{}: the second half ended", context()), error)
+            Error::store(format!("{}: the second part ended", context()), error)
         })??;
-        let full = events.len() >= usize::try_from(half).unwrap_or(usize::MAX);
+        let full = events.len() >= usize::try_from(first).unwrap_or(usize::MAX);
         match second {
             Some((mid, rest, header))
                 if full
@@ -750,7 +754,7 @@ impl PgEventStore {
                 events.extend(rest);
                 Ok(header)
             }
-            // The first half is the page; full, it has nothing to wait for.
+            // The first part is the page; full, it has nothing to wait for.
             _ => Ok((tail, pending && !full)),
         }
     }
@@ -820,8 +824,11 @@ impl PgEventStore {
     }
 }
 
-/// The smallest unfiltered read that [`PgEventStore::read_halves`] splits.
+/// The smallest unfiltered read that [`PgEventStore::read_split`] splits.
 const SPLIT_READ: i64 = 16_384;
+
+/// The share of a split read that its first part reads (4/7).
+const FIRST_PART: (i64, i64) = (4, 7);
 
 /// A spawned task, aborted when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

@@ -85,8 +85,9 @@ async fn a_large_page_reads_the_index_up_to_its_end_only() {
         fill(&store).await;
         // A quarter of the log in one page: far more than the planner
         // expects to match a cursor it cannot see; then most of the log,
-        // which the store reads as two halves (the second found by an
-        // index-only scan of the first: one and a half pages of entries).
+        // which the store reads in two parts (the second found by an
+        // index-only scan of the first: about one and a half pages of
+        // entries).
         for limit in [STREAMS * PER_STREAM / 4, 16_384] {
             for filter in [EventFilter::all(), EventFilter::types(["Counted"])] {
                 let read = entries_for_a_page(&store, &filter, limit).await;
