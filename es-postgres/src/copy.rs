@@ -18,7 +18,8 @@ use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use crate::row::{
-    binary_timestamp, db_error_in, event_location, EventParts, EventReader, NULL_SCHEMA_VERSION,
+    binary_timestamp, db_error_in, event_location, EventParts, EventReader, EMPTY_METADATA,
+    NULL_SCHEMA_VERSION,
 };
 
 /// The start of a binary `COPY`: its signature, then 32-bit flags and the
@@ -309,7 +310,7 @@ fn int8(bytes: &[u8], column: &str) -> std::result::Result<i64, String> {
         .map_err(|_| format!("`{column}` has {} bytes, not 8", bytes.len()))
 }
 
-/// The schema version: null is the one sent as null (see `EVENT_COLUMNS`).
+/// The schema version: null is the one sent as null (see `event_columns`).
 fn schema_version(field: Option<&[u8]>) -> std::result::Result<i32, String> {
     let Some(bytes) = field else {
         return Ok(NULL_SCHEMA_VERSION);
@@ -332,7 +333,8 @@ fn text<'a>(field: Option<&'a [u8]>, column: &str) -> std::result::Result<&'a st
 /// without a check.
 fn metadata(field: Option<&[u8]>) -> std::result::Result<&str, String> {
     match field {
-        None | Some(b"{}") => Ok("{}"),
+        None => Ok(EMPTY_METADATA),
+        Some(bytes) if bytes == EMPTY_METADATA.as_bytes() => Ok(EMPTY_METADATA),
         field => text(field, "metadata"),
     }
 }

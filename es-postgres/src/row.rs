@@ -46,22 +46,26 @@ pub(crate) fn to_i32(value: u32, what: &str) -> Result<i32> {
 /// The metadata column: everything but `recorded_at`, which has its own
 /// column; `None` (stored as null) when that is nothing.
 pub(crate) fn metadata_json(metadata: &Metadata) -> Result<Option<String>> {
+    if same_stored_metadata(metadata, &Metadata::default()) {
+        return Ok(None);
+    }
     let stored = Metadata {
         recorded_at: None,
         ..metadata.clone()
     };
-    let json = serde_json::to_string(&stored).map_err(|source| Error::Encode {
-        what: "event metadata".into(),
-        source,
-    })?;
-    Ok((json != EMPTY_METADATA).then_some(json))
+    serde_json::to_string(&stored)
+        .map(Some)
+        .map_err(|source| Error::Encode {
+            what: "event metadata".into(),
+            source,
+        })
 }
 
 /// The metadata of an event that has none, as JSON.
-const EMPTY_METADATA: &str = "{}";
+pub(crate) const EMPTY_METADATA: &str = "{}";
 
 /// The schema version that the log's reads send as null (see
-/// `EVENT_COLUMNS`).
+/// `event_columns`).
 pub(crate) const NULL_SCHEMA_VERSION: i32 = 1;
 
 /// Whether two metadata store the same (`recorded_at` has its own column).
@@ -300,7 +304,7 @@ fn decode_error(message: String) -> sqlx::Error {
 }
 
 /// Reads a stored event from a row whose first columns are those of
-/// `EVENT_COLUMNS`, in that order (read by index: this is the hot path of
+/// `event_columns`, in that order (read by index: this is the hot path of
 /// every read).
 pub(crate) fn event_from_row(row: &PgRow) -> Result<RecordedEvent> {
     EventReader::default().read(row)
@@ -317,7 +321,7 @@ pub(crate) struct EventReader {
 
 impl EventReader {
     /// Reads a stored event from a row whose first columns are those of
-    /// `EVENT_COLUMNS` (see [`event_from_row`]). The columns' types are the
+    /// `event_columns` (see [`event_from_row`]). The columns' types are the
     /// migration's, so the per-value type check is skipped; a value of
     /// another type would still fail to decode (lengths and UTF-8 are
     /// checked), never be misread silently.
@@ -403,7 +407,7 @@ impl EventReader {
     }
 }
 
-/// The columns of a stored event (those of `EVENT_COLUMNS`), decoded; the
+/// The columns of a stored event (those of `event_columns`), decoded; the
 /// texts borrowed from the row or the bytes they came in, the stream id and
 /// type name from the [`EventReader`]'s reused ones.
 pub(crate) struct EventParts<'a> {

@@ -6,6 +6,8 @@
 
 use es_core::{Error, Result};
 
+use crate::row::NULL_SCHEMA_VERSION;
+
 /// The longest schema name accepted: it is also part of the notification
 /// channel's name, which PostgreSQL limits to 63 bytes.
 pub(crate) const MAX_SCHEMA_LEN: usize = 48;
@@ -52,9 +54,14 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
 /// 1 KB buffer from the row's memory context, whose first block holds
 /// seven; the common event is then seven values, and a row's eighth value
 /// (and the block allocated and freed for it on every row) is saved.
-/// Readers read null as 1 and as no metadata.
-const EVENT_COLUMNS: &str = "position, stream_id, version, event_id, event_type, \
-     NULLIF(schema_version, 1) AS schema_version, payload, metadata, recorded_at";
+/// Readers read null as [`NULL_SCHEMA_VERSION`] and as no metadata.
+fn event_columns() -> String {
+    format!(
+        "position, stream_id, version, event_id, event_type, \
+         NULLIF(schema_version, {NULL_SCHEMA_VERSION}) AS schema_version, payload, metadata, \
+         recorded_at"
+    )
+}
 
 /// The statements of one store.
 #[derive(Debug)]
@@ -245,7 +252,7 @@ impl Statements {
     pub(crate) fn new(schema: &str) -> Result<Self> {
         validate_schema(schema)?;
         let s = format!("\"{schema}\"");
-        let cols = EVENT_COLUMNS;
+        let cols = event_columns();
         // The gap-safety bound: the first position of the oldest
         // transaction still running; every transaction below it has ended.
         // Computed once per statement (an InitPlan).

@@ -654,7 +654,7 @@ impl PgEventStore {
         filter: &EventFilter,
         events: &mut Vec<RecordedEvent>,
     ) -> Result<(Option<i64>, bool)> {
-        let context = || format!("cannot read the global log after position {after}");
+        let context = || log_read_context(after.0);
         let sql = &self.shared.sql;
         let protected = self.shared.gap_protection;
         let after = to_i64(after.0, "position")?;
@@ -721,7 +721,7 @@ impl PgEventStore {
         let first = limit * FIRST_PART.0 / FIRST_PART.1;
         let shared = Arc::clone(&self.shared);
         let second = tokio::spawn(async move {
-            let context = || format!("cannot read the global log after position {after}");
+            let context = || log_read_context(after);
             let mid: Option<i64> = sqlx::query_scalar(&shared.sql.nth_readable)
                 .bind(after)
                 .bind(first - 1)
@@ -822,6 +822,11 @@ impl PgEventStore {
             .map_err(db_error("cannot read the probe"))?;
         Ok((visible, pending))
     }
+}
+
+/// What a read of the log after `after` says when it fails.
+fn log_read_context(after: impl fmt::Display) -> String {
+    format!("cannot read the global log after position {after}")
 }
 
 /// The smallest unfiltered read that [`PgEventStore::read_split`] splits.
