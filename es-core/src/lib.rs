@@ -110,7 +110,7 @@ pub use crate::reader::{LogReader, DEFAULT_READ_BYTES, DEFAULT_READ_SIZE};
 pub use crate::repository::{ExecuteError, ExecuteOptions, Executed, Loaded, Repository};
 pub use crate::saga::{CausingEvent, Reaction};
 pub use crate::store::{
-    CheckpointStore, ContextProvider, EventStore, Inbox, LogSlice, Replay, SnapshotStore,
+    CheckpointStore, ContextProvider, EventStore, Inbox, LogSlice, ReadEnd, Replay, SnapshotStore,
 };
 pub use crate::types::{
     AppendOptions, AppendOutcome, Checkpoint, Committed, Envelope, EventFilter, EventId, EventType,

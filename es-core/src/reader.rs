@@ -1,13 +1,14 @@
 //! Following the global log page by page, read in chunks of several pages
-//! with the next chunk read ahead.
+//! that the store sends on as it reads them, with the next chunk read ahead.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::store::{EventStore, LogSlice};
+use crate::store::{EventStore, LogSlice, ReadEnd};
 use crate::types::{EventFilter, Position, RecordedEvent};
 
 /// The most events a [`LogReader`] asks the store for at once, unless
@@ -75,12 +76,19 @@ fn average_footprint(events: &[RecordedEvent]) -> usize {
 /// a catch-up with small pages still reads in large chunks. So that large
 /// events do not fill the memory, a read also asks for no more events than
 /// fit in about [`DEFAULT_READ_BYTES`] ([`read_bytes`](Self::read_bytes)),
-/// judged by the size of the events of the last read (the first read is
-/// one page). After a full chunk the reader starts reading the next one on
-/// a tokio task, so that the store prepares it while the caller decodes and
-/// handles the pages of this one; after a chunk that was not full (the
-/// reader reached the end of the log) it reads nothing until asked. At most
-/// two chunks are held in memory.
+/// judged by the size of the events received last (the first read is one
+/// page).
+///
+/// Each read runs on a tokio task through
+/// [`EventStore::read_all_into`], which sends the events on in slices as
+/// the store reads them: the caller works on the first pages of a chunk
+/// while the store still reads the rest. Once a chunk's read has ended
+/// full, the reader starts reading the next one (when the caller next asks
+/// for a page), so that the store prepares it while the caller decodes and
+/// handles this one; after a chunk that was not full (the reader reached
+/// the end of the log) it reads nothing until asked. At most two chunks are
+/// held in memory. Pages are full until the end of the log, whatever the
+/// size of the slices.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -121,16 +129,54 @@ pub struct LogReader<S: ?Sized> {
     /// The most events of a read, and about the most bytes.
     read_size: usize,
     read_bytes: usize,
-    /// The size of the next read: one page at first, then what the last
-    /// read's events say fits in `read_bytes`, up to `read_size`.
+    /// The size of the next read: one page at first, then what the events
+    /// last received say fits in `read_bytes`, up to `read_size`.
     next_read: usize,
     /// Where the last page returned ends.
     next: Position,
-    /// Events read and not yet returned, and where their chunk ends.
-    buffered: VecDeque<RecordedEvent>,
-    buffered_next: Position,
-    /// The read ahead, and how many events it asked for.
-    ahead: Option<(JoinHandle<Result<LogSlice>>, usize)>,
+    /// Slices received and not yet handed out (the events left of each,
+    /// and where it ends).
+    buffered: VecDeque<(std::vec::IntoIter<RecordedEvent>, Position)>,
+    /// Where the last slice received ends: where a new read starts.
+    received: Position,
+    /// The read whose slices come next, and the one after it, started once
+    /// that one ended full.
+    current: Option<Read>,
+    ahead: Option<Read>,
+}
+
+/// A read of the store on its own task, sending its slices as it goes;
+/// stopped when dropped.
+#[derive(Debug)]
+struct Read {
+    slices: UnboundedReceiver<LogSlice>,
+    task: JoinHandle<Result<ReadEnd>>,
+    /// Where it starts, and how many events it asked for.
+    after: Position,
+    asked: usize,
+    /// How it ended, once taken from the task and not yet from here.
+    outcome: Option<Result<ReadEnd>>,
+}
+
+impl Read {
+    /// How the read ended (it has, or is about to).
+    async fn end(&mut self) -> Result<ReadEnd> {
+        if let Some(outcome) = self.outcome.take() {
+            return outcome;
+        }
+        (&mut self.task).await.map_err(|error| {
+            Error::store(
+                format!("the read of the log after position {} ended", self.after),
+                error,
+            )
+        })?
+    }
+}
+
+impl Drop for Read {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl<S> LogReader<S>
@@ -150,7 +196,8 @@ where
             next_read: page_size,
             next: after,
             buffered: VecDeque::new(),
-            buffered_next: after,
+            received: after,
+            current: None,
             ahead: None,
         }
     }
@@ -167,8 +214,8 @@ where
     }
 
     /// About the most bytes of events to ask the store for at once: a read
-    /// asks for as many whole pages as fit, by the size of the events of
-    /// the last read, and at least one page; [`DEFAULT_READ_BYTES`] unless
+    /// asks for as many whole pages as fit, by the size of the events
+    /// received last, and at least one page; [`DEFAULT_READ_BYTES`] unless
     /// set. It bounds the memory a catch-up over large events takes (two
     /// reads' worth at most), where [`read_size`](Self::read_size) alone
     /// would not.
@@ -190,88 +237,156 @@ where
             self.cancel();
             self.buffered.clear();
             self.next = after;
-            self.buffered_next = after;
+            self.received = after;
         }
     }
 
     /// The next page of the log, as [`EventStore::read_all`] gives it: no
     /// events when none are readable after [`position`](Self::position)
     /// yet. The reader then stands at the page's `next`.
+    ///
+    /// A page is full unless the log ends before it does. When a read
+    /// fails, the error comes after the pages of the events read before
+    /// it, and the next call reads again from there.
     pub async fn next_page(&mut self) -> Result<LogSlice> {
-        if self.buffered.is_empty() {
-            self.read_chunk().await?;
+        let mut events = Vec::new();
+        let mut next = self.next;
+        loop {
+            while events.len() < self.page_size {
+                let Some((slice, end)) = self.buffered.front_mut() else {
+                    break;
+                };
+                if events.capacity() == 0 && slice.len() > 0 {
+                    events.reserve_exact(self.page_size);
+                }
+                events.extend(slice.by_ref().take(self.page_size - events.len()));
+                // A page that ends inside a slice ends at its last event;
+                // one that ends with a slice, where the slice does (past
+                // events a filter dropped, at the end of a read).
+                if slice.len() == 0 {
+                    next = *end;
+                    self.buffered.pop_front();
+                } else if let Some(last) = events.last() {
+                    next = last.position;
+                }
+            }
+            if events.len() >= self.page_size {
+                break;
+            }
+            self.read_ahead().await;
+            if !self.buffered.is_empty() {
+                // The current read's last slices, taken in to size the next.
+                continue;
+            }
+            let mut read = match self.current.take() {
+                Some(read) => read,
+                None => self.start(self.received),
+            };
+            if let Some(slice) = read.slices.recv().await {
+                self.current = Some(read);
+                self.receive(slice);
+                continue;
+            }
+            // Every slice of the current read is in: how did it end?
+            match read.end().await {
+                Err(error) => {
+                    self.cancel();
+                    // The events of this page come first next time.
+                    if !events.is_empty() {
+                        self.buffered.push_front((events.into_iter(), next));
+                    }
+                    return Err(error);
+                }
+                Ok(end) if end.events >= read.asked => {
+                    self.current = Some(match self.ahead.take() {
+                        Some(ahead) => ahead,
+                        None => self.start(end.next),
+                    });
+                }
+                // The read reached the end of the log. A new read may find
+                // events appended since, if this one found any.
+                Ok(end) => {
+                    if !events.is_empty() || end.events == 0 {
+                        break;
+                    }
+                }
+            }
         }
-        let take = self.page_size.min(self.buffered.len());
-        let events: Vec<RecordedEvent> = self.buffered.drain(..take).collect();
-        // A page that ends inside the chunk ends at its last event; the
-        // chunk's last page ends where the store's read did (past events a
-        // filter dropped).
-        self.next = match events.last() {
-            Some(last) if !self.buffered.is_empty() => last.position,
-            _ => self.buffered_next,
-        };
-        Ok(LogSlice {
-            events,
-            next: self.next,
-        })
+        self.read_ahead().await;
+        self.next = next;
+        Ok(LogSlice { events, next })
     }
 
-    /// Reads the next chunk into the buffer (the one read ahead, if any),
-    /// and starts reading the one after it when this one is full.
-    async fn read_chunk(&mut self) -> Result<()> {
-        let (chunk, asked) = match self.ahead.take() {
-            Some((ahead, asked)) => {
-                let chunk = ahead.await.map_err(|error| {
-                    Error::store(
-                        format!("the read of the log after position {} ended", self.next),
-                        error,
-                    )
-                })??;
-                (chunk, asked)
-            }
-            None => {
-                let asked = self.next_read;
-                let chunk = self.store.read_all(self.next, &self.filter, asked).await?;
-                (chunk, asked)
-            }
-        };
-        if !chunk.events.is_empty() {
-            let per_event = average_footprint(&chunk.events).max(1);
+    /// Starts a read after `after`, of the size the events say.
+    fn start(&self, after: Position) -> Read {
+        let (sender, slices) = unbounded_channel();
+        let store = Arc::clone(&self.store);
+        let filter = Arc::clone(&self.filter);
+        let asked = self.next_read;
+        let task =
+            tokio::spawn(async move { store.read_all_into(after, &filter, asked, &sender).await });
+        Read {
+            slices,
+            task,
+            after,
+            asked,
+            outcome: None,
+        }
+    }
+
+    /// Takes a slice the current read sent, and sizes the next read by its
+    /// events.
+    fn receive(&mut self, slice: LogSlice) {
+        if !slice.events.is_empty() {
+            let per_event = average_footprint(&slice.events).max(1);
             self.next_read = whole_pages(
                 self.page_size,
                 (self.read_bytes / per_event).min(self.read_size),
             );
         }
-        if chunk.events.len() >= asked {
-            let store = Arc::clone(&self.store);
-            let filter = Arc::clone(&self.filter);
-            let (after, limit) = (chunk.next, self.next_read);
-            self.ahead = Some((
-                tokio::spawn(async move { store.read_all(after, &filter, limit).await }),
-                limit,
-            ));
+        self.received = slice.next;
+        self.buffered
+            .push_back((slice.events.into_iter(), slice.next));
+    }
+
+    /// Once the current read has ended full, starts the next one, so that
+    /// the store reads it while the caller works on this one's events
+    /// (taken in first, so that they size it).
+    async fn read_ahead(&mut self) {
+        let Some(read) = &mut self.current else {
+            return;
+        };
+        if self.ahead.is_some() || !read.task.is_finished() {
+            return;
         }
-        self.buffered = chunk.events.into();
-        self.buffered_next = chunk.next;
-        Ok(())
+        let mut slices = Vec::new();
+        while let Ok(slice) = read.slices.try_recv() {
+            slices.push(slice);
+        }
+        let end = read.end().await;
+        let ahead = match &end {
+            Ok(end) if end.events >= read.asked => Some(end.next),
+            // The read reached the end of the log, or failed: the caller
+            // learns which once it has the events.
+            _ => None,
+        };
+        read.outcome = Some(end);
+        for slice in slices {
+            self.receive(slice);
+        }
+        if let Some(after) = ahead {
+            self.ahead = Some(self.start(after));
+        }
     }
 }
 
 impl<S: ?Sized> LogReader<S> {
-    /// Stops the read ahead, if one runs.
+    /// Stops the reads under way, if any.
     fn cancel(&mut self) {
-        if let Some((ahead, _)) = self.ahead.take() {
-            ahead.abort();
-        }
+        self.current = None;
+        self.ahead = None;
     }
 }
-
-impl<S: ?Sized> Drop for LogReader<S> {
-    fn drop(&mut self) {
-        self.cancel();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{average_footprint, footprint, whole_pages, FOOTPRINT_SAMPLES};

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::Result;
 use crate::types::{
@@ -20,6 +21,15 @@ pub struct LogSlice {
     /// when the store examined none). Readers keep this, not the position of
     /// the last returned event, so that a filter over rare types does not
     /// scan the same events again.
+    pub next: Position,
+}
+
+/// How a read of the log sent through [`EventStore::read_all_into`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadEnd {
+    /// How many events the read sent in all.
+    pub events: usize,
+    /// Where the next read starts (the `next` of the read's last slice).
     pub next: Position,
 }
 
@@ -116,6 +126,39 @@ pub trait EventStore: Send + Sync {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<LogSlice>;
+
+    /// Reads what [`read_all`](Self::read_all) reads and sends it to
+    /// `slices` as it goes, so that a reader can work on the first events
+    /// while the store still reads the rest (the [`LogReader`](crate::LogReader)
+    /// does). The slices follow one another in log order; each one's `next`
+    /// is where a read after it starts (the position of its last event, and
+    /// for the read's last slice, which may hold no events, where the read
+    /// ends). At least one slice is sent. Answers how many events were sent
+    /// and where the read ends.
+    ///
+    /// When the read fails, the slices sent before the error hold a part of
+    /// the log read in full, from `after` on: a reader may keep them and
+    /// read again from the last one's `next`.
+    ///
+    /// The default sends the one slice that `read_all` returns; a store that
+    /// reads its events in parts sends each as it comes. A receiver that
+    /// was dropped gets nothing; the read still ends normally.
+    async fn read_all_into(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+        slices: &UnboundedSender<LogSlice>,
+    ) -> Result<ReadEnd> {
+        let slice = self.read_all(after, filter, limit).await?;
+        let end = ReadEnd {
+            events: slice.events.len(),
+            next: slice.next,
+        };
+        // A reader that went away wants nothing more.
+        slices.send(slice).ok();
+        Ok(end)
+    }
 
     /// The position of the last event of the log ([`Position::START`] when empty).
     async fn head(&self) -> Result<Position>;

@@ -10,11 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use es_core::testkit::conformance::new_event;
 use es_core::{
-    AppendOptions, AppendOutcome, Committed, EventFilter, EventStore, ExpectedVersion,
-    InMemoryStore, LogReader, LogSlice, NewEvent, Position, RecordedEvent, Result, StreamId,
-    Version, DEFAULT_READ_SIZE,
+    AppendOptions, AppendOutcome, Committed, Error, EventFilter, EventStore, ExpectedVersion,
+    InMemoryStore, LogReader, LogSlice, NewEvent, Position, ReadEnd, RecordedEvent, Result,
+    StreamId, Version, DEFAULT_READ_SIZE,
 };
 use serde_json::json;
+use tokio::sync::mpsc::UnboundedSender;
 
 async fn append(store: &InMemoryStore, stream: &str, kinds: &[&str]) {
     let events = kinds
@@ -171,11 +172,15 @@ async fn every_page_of_a_large_read_is_full_until_the_end_of_the_log() {
 }
 
 /// An in-memory store that records how many events each read of the log
-/// asked for.
+/// asked for; it may send its reads on in slices, and fail one of them.
 #[derive(Default)]
 struct Counted {
     inner: InMemoryStore,
     asked: Mutex<Vec<usize>>,
+    /// Reads sent on in slices of this many events (none: in one slice).
+    slices_of: Option<usize>,
+    /// The read (counted from 1) that fails once it has sent one slice.
+    failing: Option<usize>,
 }
 
 #[async_trait]
@@ -213,6 +218,43 @@ impl EventStore for Counted {
     ) -> Result<LogSlice> {
         self.asked.lock().expect("lock").push(limit);
         self.inner.read_all(after, filter, limit).await
+    }
+
+    async fn read_all_into(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+        slices: &UnboundedSender<LogSlice>,
+    ) -> Result<ReadEnd> {
+        let read = self.read_all(after, filter, limit).await?;
+        let count = self.asked.lock().expect("lock").len();
+        let size = self.slices_of.unwrap_or(usize::MAX);
+        for (i, part) in read.events.chunks(size).enumerate() {
+            if i == 1 && self.failing == Some(count) {
+                return Err(Error::store(
+                    "the connection broke",
+                    "in the middle of a read",
+                ));
+            }
+            let next = part.last().map_or(after, |e| e.position);
+            slices
+                .send(LogSlice {
+                    events: part.to_vec(),
+                    next,
+                })
+                .ok();
+        }
+        slices
+            .send(LogSlice {
+                events: Vec::new(),
+                next: read.next,
+            })
+            .ok();
+        Ok(ReadEnd {
+            events: read.events.len(),
+            next: read.next,
+        })
     }
 
     async fn head(&self) -> Result<Position> {
@@ -280,4 +322,64 @@ async fn by_default_reads_ask_for_whole_pages_up_to_the_default_read_size() {
     let asked = store.asked.lock().expect("lock").clone();
     let whole_pages = DEFAULT_READ_SIZE / 1_000 * 1_000;
     assert_eq!(asked[..2], [1_000, whole_pages], "{asked:?}");
+}
+
+#[tokio::test]
+async fn a_read_sent_on_in_slices_is_handed_out_in_full_pages() {
+    let store = Arc::new(Counted {
+        slices_of: Some(2),
+        ..Counted::default()
+    });
+    append_sized(&store, "s-1", 20, 10).await;
+    let mut reader =
+        LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 3).read_size(9);
+    let (sizes, seen) = read_to_end(&mut reader).await;
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    assert_eq!(sizes, [3, 3, 3, 3, 3, 3, 2], "pages span slices and reads");
+}
+
+#[tokio::test]
+async fn a_read_that_fails_midway_hands_out_what_it_sent_then_the_error_then_the_rest() {
+    // The second read (of 9) sends two events, then fails.
+    let store = Arc::new(Counted {
+        slices_of: Some(2),
+        failing: Some(2),
+        ..Counted::default()
+    });
+    append_sized(&store, "s-1", 20, 10).await;
+    let mut reader =
+        LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 3).read_size(9);
+    let mut seen = Vec::new();
+    let mut errors = 0;
+    for _ in 0..20 {
+        match reader.next_page().await {
+            Ok(page) if page.events.is_empty() => break,
+            Ok(page) => {
+                assert_eq!(reader.position(), page.next);
+                seen.extend(page.events.iter().map(|e| e.position.0));
+            }
+            Err(error) => {
+                errors += 1;
+                assert!(
+                    error.to_string().contains("the connection broke"),
+                    "{error}"
+                );
+                // Nothing handed out yet from the failed read: the reader
+                // stands where the last page ended.
+                assert_eq!(reader.position(), Position(3));
+            }
+        }
+    }
+    assert_eq!(errors, 1);
+    assert_eq!(
+        seen,
+        (1..=20).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let asked = store.asked.lock().expect("lock").clone();
+    assert_eq!(
+        asked[..3],
+        [3, 9, 9],
+        "the failed read, then one from where it failed: {asked:?}"
+    );
 }

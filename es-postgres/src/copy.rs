@@ -21,6 +21,7 @@ use crate::row::{
     binary_timestamp, db_error_in, event_location, EventParts, EventReader, EMPTY_METADATA,
     NULL_SCHEMA_VERSION,
 };
+use crate::sink::Sink;
 
 /// The start of a binary `COPY`: its signature, then 32-bit flags and the
 /// length of a header extension.
@@ -37,8 +38,8 @@ type Fields<'a> = [Option<&'a [u8]>; COLUMNS];
 type Header = (Option<i64>, bool);
 
 /// Runs the page statement `sql` (a binary `COPY`) and parses its rows as
-/// they arrive: events into `events`, and the header row's `tail` and
-/// `pending`, which it answers. `context` says what was being read, for
+/// they arrive: events into `sink` (which sends them on as they come, if it
+/// is to), and the header row's `tail` and `pending`, which it answers. `context` says what was being read, for
 /// errors.
 ///
 /// A connection left in the middle of a `COPY` cannot serve another
@@ -49,7 +50,7 @@ pub(crate) async fn read_page(
     pool: &PgPool,
     sql: &str,
     context: &(dyn Fn() -> String + Sync),
-    events: &mut Vec<RecordedEvent>,
+    sink: &mut Sink<'_>,
 ) -> Result<Header> {
     let mut conn = CopyConnection {
         conn: pool.acquire().await.map_err(db_error_in(context))?,
@@ -63,8 +64,9 @@ pub(crate) async fn read_page(
     let mut page = Page::default();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(db_error_in(context))?;
-        page.feed(&chunk, events)
+        page.feed(&chunk, &mut sink.events)
             .map_err(|message| malformed(context, &message))?;
+        sink.pass_on();
     }
     drop(stream);
     conn.finished = true;

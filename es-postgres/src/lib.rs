@@ -311,6 +311,7 @@ mod inline;
 mod lease;
 mod notify;
 mod row;
+mod sink;
 mod sql;
 mod store;
 mod tx;

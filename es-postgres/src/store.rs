@@ -9,12 +9,13 @@ use async_trait::async_trait;
 use chrono::Utc;
 use es_core::{
     AppendOptions, AppendOutcome, Checkpoint, CheckpointStore, Committed, Error, EventFilter,
-    EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, RecordedEvent, Replay,
-    ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
+    EventStore, ExpectedVersion, LogSlice, NewEvent, ParkedEvent, Position, ReadEnd, RecordedEvent,
+    Replay, ReplayedEvent, Result, Snapshot, SnapshotStore, StreamId, Version,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Row};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
@@ -26,6 +27,7 @@ use crate::row::{
     committed_from_row, db_error, db_error_in, event_from_row, is_null, metadata_json, recorded,
     stored_schema_version, timestamp, to_i32, to_i64, to_u64, EventColumns, EventReader,
 };
+use crate::sink::Sink;
 use crate::sql::{Statements, MAX_APPEND};
 use crate::tx::PgTx;
 
@@ -642,7 +644,7 @@ impl PgEventStore {
         Ok(row)
     }
 
-    /// Reads a page of the global log into `events` and answers the header
+    /// Reads a page of the global log into `sink` and answers the header
     /// row's `tail` and `pending` (see the page statement in `sql.rs`). A page of the whole log is a binary
     /// `COPY` ([`copy::read_page`]); a page of some event types is the
     /// prepared statement with the types bound, each row turned into an
@@ -652,7 +654,7 @@ impl PgEventStore {
         after: Position,
         limit: i64,
         filter: &EventFilter,
-        events: &mut Vec<RecordedEvent>,
+        sink: &mut Sink<'_>,
     ) -> Result<(Option<i64>, bool)> {
         let context = || log_read_context(after.0);
         let sql = &self.shared.sql;
@@ -660,10 +662,10 @@ impl PgEventStore {
         let after = to_i64(after.0, "position")?;
         let Some(types) = &filter.event_types else {
             if protected && limit >= SPLIT_READ {
-                return self.read_split(after, limit, &context, events).await;
+                return self.read_split(after, limit, &context, sink).await;
             }
             let page = sql.copy_page(protected, after, limit);
-            return copy::read_page(&self.shared.pool, &page, &context, events).await;
+            return copy::read_page(&self.shared.pool, &page, &context, sink).await;
         };
         let statement = if protected {
             &sql.read_all_filtered
@@ -679,7 +681,8 @@ impl PgEventStore {
             // The header is the row without an event (a null position).
             let position: Option<i64> = row.try_get_unchecked(0).map_err(db_error_in(&context))?;
             if let Some(position) = position {
-                events.push(reader.read_at(&row, position)?);
+                sink.events.push(reader.read_at(&row, position)?);
+                sink.pass_on();
             } else {
                 // `tail` and `pending` in the columns of version and schema
                 // version (see the page statement).
@@ -716,7 +719,7 @@ impl PgEventStore {
         after: i64,
         limit: i64,
         context: &(dyn Fn() -> String + Sync),
-        events: &mut Vec<RecordedEvent>,
+        sink: &mut Sink<'_>,
     ) -> Result<(Option<i64>, bool)> {
         let first = limit * FIRST_PART.0 / FIRST_PART.1;
         let shared = Arc::clone(&self.shared);
@@ -732,26 +735,26 @@ impl PgEventStore {
                 return Ok(None);
             };
             let page = shared.sql.copy_page(true, mid, limit - first);
-            let mut rest = Vec::new();
+            let mut rest = Sink::keep(usize::try_from(limit - first).unwrap_or(0));
             let header = copy::read_page(&shared.pool, &page, &context, &mut rest).await?;
-            Ok::<_, Error>(Some((mid, rest, header)))
+            Ok::<_, Error>(Some((mid, rest.events, header)))
         });
         // Dropped (this read failed or was cancelled), the second part
         // stops too.
         let mut second = AbortOnDrop(second);
         let page = self.shared.sql.copy_page(true, after, first);
-        let (tail, pending) = copy::read_page(&self.shared.pool, &page, context, events).await?;
+        let before = sink.len();
+        let (tail, pending) = copy::read_page(&self.shared.pool, &page, context, sink).await?;
         let second = (&mut second.0).await.map_err(|error| {
             Error::store(format!("{}: the second part ended", context()), error)
         })??;
-        let full = events.len() >= usize::try_from(first).unwrap_or(usize::MAX);
+        let full = sink.len() - before >= usize::try_from(first).unwrap_or(usize::MAX);
         match second {
             Some((mid, rest, header))
                 if full
-                    && events.last().and_then(|e| i64::try_from(e.position.0).ok())
-                        == Some(mid) =>
+                    && sink.last_position().and_then(|p| i64::try_from(p.0).ok()) == Some(mid) =>
             {
-                events.extend(rest);
+                sink.append(rest);
                 Ok(header)
             }
             // The first part is the page; full, it has nothing to wait for.
@@ -759,43 +762,43 @@ impl PgEventStore {
         }
     }
 
-    async fn read_all_impl(
+    /// Reads at most `limit` events of the log after `after` into `sink`;
+    /// answers where the read ends (see [`LogSlice::next`]).
+    async fn read_into(
         &self,
         after: Position,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<LogSlice> {
-        let mut slice = LogSlice {
-            events: Vec::new(),
-            next: after,
-        };
-        if limit == 0 {
-            return Ok(slice);
-        }
-        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+        sink: &mut Sink<'_>,
+    ) -> Result<Position> {
+        let mut cursor = after;
         let mut waited = Duration::ZERO;
         let mut backoff = Duration::from_millis(1);
-        loop {
-            slice.events.clear();
-            let (tail, pending) = self
-                .fetch_page(after, limit_i64, filter, &mut slice.events)
-                .await?;
-            if slice.events.len() < limit && pending && waited < PENDING_WAIT {
-                // Committed events wait for an older transaction, most
-                // often one that is about to end: give it a moment.
-                tokio::time::sleep(backoff).await;
-                waited += backoff;
-                backoff = (backoff * 2).min(Duration::from_millis(20));
-                continue;
-            }
-            slice.next = match (slice.events.last(), tail) {
-                (Some(last), _) if slice.events.len() >= limit => last.position,
+        while sink.len() < limit {
+            let room = i64::try_from(limit - sink.len()).unwrap_or(i64::MAX);
+            let (tail, pending) = self.fetch_page(cursor, room, filter, sink).await?;
+            let full = sink.len() >= limit;
+            // A full page ends at its last event; another, at the last
+            // event below its bound (`tail`), whether the filter kept it or
+            // not: every event up to there was read.
+            cursor = match (sink.last_position(), tail) {
+                (Some(last), _) if full => last,
                 (_, Some(tail)) => Position(to_u64(tail, "position")?),
-                (Some(last), None) => last.position,
-                (None, None) => after,
-            };
-            return Ok(slice);
+                (Some(last), None) => last,
+                (None, None) => cursor,
+            }
+            .max(cursor);
+            if full || !pending || waited >= PENDING_WAIT {
+                break;
+            }
+            // Committed events wait for an older transaction, most often
+            // one that is about to end: give it a moment, and read on from
+            // where this page ended.
+            tokio::time::sleep(backoff).await;
+            waited += backoff;
+            backoff = (backoff * 2).min(Duration::from_millis(20));
         }
+        Ok(cursor)
     }
 
     /// Whether events after `after` are readable now, and whether committed
@@ -1181,7 +1184,24 @@ impl EventStore for PgEventStore {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<LogSlice> {
-        self.read_all_impl(after, filter, limit).await
+        let mut sink = Sink::keep(0);
+        let next = self.read_into(after, filter, limit, &mut sink).await?;
+        Ok(LogSlice {
+            events: sink.events,
+            next,
+        })
+    }
+
+    async fn read_all_into(
+        &self,
+        after: Position,
+        filter: &EventFilter,
+        limit: usize,
+        slices: &UnboundedSender<LogSlice>,
+    ) -> Result<ReadEnd> {
+        let mut sink = Sink::send_to(slices);
+        let next = self.read_into(after, filter, limit, &mut sink).await?;
+        Ok(sink.finish(next))
     }
 
     async fn head(&self) -> Result<Position> {

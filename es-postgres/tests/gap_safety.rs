@@ -4,7 +4,8 @@
 //! event exactly once, and each stream's events in version order. Three
 //! rounds, each in a fresh schema; then a round whose subscriber starts when
 //! half the events are written and catches up with reads large enough that
-//! the store reads each in two parts at once. Every kind of append numbers
+//! the store reads each in two parts at once, sending the events on as it
+//! reads them. Every kind of append numbers
 //! its events in the range of its own, committed, transaction (the log's
 //! order).
 //!
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use es_core::{
-    AppendOptions, BoxError, EventFilter, EventId, EventStore, ExpectedVersion, Metadata, NewEvent,
-    Position, Projection, RecordedEvent, StreamId,
+    AppendOptions, BoxError, EventFilter, EventId, EventStore, ExpectedVersion, LogSlice, Metadata,
+    NewEvent, Position, Projection, RecordedEvent, StreamId,
 };
 use es_postgres::{PgEventStore, PgStoreOptions, PgTx};
 use serde_json::json;
@@ -122,13 +123,43 @@ struct Reading {
     limit: usize,
     /// Whether it starts only once half the events are in the log.
     late: bool,
+    /// Whether each read sends its events on in slices as it reads them
+    /// (`read_all_into`, as the log reader reads), rather than returning
+    /// them all at its end (`read_all`).
+    sent_on: bool,
 }
 
 /// Pages of 1,000 from the start: the subscriber keeps up.
 const FOLLOWING: Reading = Reading {
     limit: 1_000,
     late: false,
+    sent_on: false,
 };
+
+/// One read of the log as `reading` says: its events, and where it ends.
+async fn read(store: &PgEventStore, after: Position, reading: Reading) -> LogSlice {
+    if !reading.sent_on {
+        return store
+            .read_all(after, &EventFilter::all(), reading.limit)
+            .await
+            .expect("read the global log");
+    }
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let end = store
+        .read_all_into(after, &EventFilter::all(), reading.limit, &sender)
+        .await
+        .expect("read the global log");
+    drop(sender);
+    let mut events = Vec::new();
+    while let Some(slice) = receiver.recv().await {
+        events.extend(slice.events);
+    }
+    assert_eq!(events.len(), end.events, "every event sent is counted");
+    LogSlice {
+        events,
+        next: end.next,
+    }
+}
 
 /// What the subscriber saw.
 #[derive(Debug, Default)]
@@ -186,10 +217,7 @@ async fn follow_while_writing(store: PgEventStore, seed: u64, reading: Reading) 
     let mut idle_after_done = 0;
     let mut finished = false;
     while Instant::now() < deadline && !finished {
-        let slice = store
-            .read_all(after, &EventFilter::all(), reading.limit)
-            .await
-            .expect("read the global log");
+        let slice = read(&store, after, reading).await;
         if slice.events.is_empty() {
             if done.load(Ordering::SeqCst) == WRITERS {
                 // Writers are done: every transaction has ended, so the
@@ -268,10 +296,12 @@ fn subscriber_receives_every_event_exactly_once_three_times() {
 
 #[test]
 fn a_late_subscriber_catching_up_in_two_parts_read_at_once_receives_every_event_once() {
-    // Reads of 40,000: the store reads each in two parts at once.
+    // Reads of 40,000, sent on as they go: the store reads each in two
+    // parts at once.
     let reading = Reading {
         limit: 40_000,
         late: true,
+        sent_on: true,
     };
     es_core::testkit::block_on(async {
         common::with_store(PgStoreOptions::new(), 20, move |store| async move {

@@ -466,6 +466,62 @@ pub async fn global_order_and_filters<S: ConformanceStore>(store: S) {
     assert_eq!(at_end.next, head);
 }
 
+/// Reads sent on as they go ([`EventStore::read_all_into`]) hand over
+/// what [`EventStore::read_all`] returns: the same events in the same
+/// order, in at least one slice, each slice ending where a read after it
+/// starts, the last where the read ends.
+pub async fn reads_sent_on_in_slices<S: ConformanceStore>(store: S) {
+    // Enough events that a store that sends slices as it reads sends
+    // several.
+    for batch in 0..26 {
+        let stream = StreamId::new(format!("sliced-{}", batch % 4));
+        let events = (0..100)
+            .map(|i| numbered(if i % 10 == 3 { "Rare" } else { "Common" }, i))
+            .collect();
+        append(&store, &stream, ExpectedVersion::Any, events).await;
+    }
+    let head = store.head().await.unwrap();
+    let middle = read_all_events(&store, &EventFilter::all()).await[1_234].position;
+    for filter in [EventFilter::all(), EventFilter::types(["Rare"])] {
+        for after in [Position::START, middle, head] {
+            for limit in [0, 1, 7, 1_000, 5_000] {
+                let read = store.read_all(after, &filter, limit).await.unwrap();
+                let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+                let end = store
+                    .read_all_into(after, &filter, limit, &sender)
+                    .await
+                    .unwrap();
+                drop(sender);
+                let mut slices = Vec::new();
+                while let Some(slice) = receiver.recv().await {
+                    slices.push(slice);
+                }
+                let case = format!("{filter:?} after {after}, limit {limit}");
+                assert!(!slices.is_empty(), "{case}: at least one slice");
+                let mut sent = Vec::new();
+                let mut from = after;
+                for slice in &slices {
+                    for event in &slice.events {
+                        assert!(event.position > from, "{case}: slices in log order");
+                        from = event.position;
+                    }
+                    assert!(slice.next >= from, "{case}: a slice ends after its events");
+                    from = slice.next;
+                    sent.extend(slice.events.iter().map(|e| e.position));
+                }
+                let expected: Vec<Position> = read.events.iter().map(|e| e.position).collect();
+                assert_eq!(sent, expected, "{case}: the events read_all reads");
+                assert_eq!(end.events, sent.len(), "{case}");
+                assert_eq!(
+                    end.next, read.next,
+                    "{case}: the read ends where read_all's does"
+                );
+                assert_eq!(slices.last().map(|s| s.next), Some(end.next), "{case}");
+            }
+        }
+    }
+}
+
 /// Waiting for events: returns at once when events are already there,
 /// wakes on an append, and gives up after the timeout.
 pub async fn wait_for_new_events<S: ConformanceStore>(store: S) {
@@ -1141,6 +1197,7 @@ macro_rules! store_conformance_tests {
             expected_version_conflicts,
             concurrent_appends_one_winner,
             global_order_and_filters,
+            reads_sent_on_in_slices,
             wait_for_new_events,
             idempotency_keys,
             snapshots,

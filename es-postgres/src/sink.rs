@@ -1,0 +1,107 @@
+//! Where a read of the global log puts its events: kept for the caller
+//! ([`EventStore::read_all`](es_core::EventStore::read_all)), or sent on in
+//! slices as they are read
+//! ([`EventStore::read_all_into`](es_core::EventStore::read_all_into)).
+
+use es_core::{LogSlice, Position, ReadEnd, RecordedEvent};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// How many events a read sends on at once: enough that a slice costs
+/// little per event, few enough that the reader starts on the first events
+/// soon.
+const SLICE: usize = 1024;
+
+/// The events of one read of the log.
+pub(crate) struct Sink<'a> {
+    /// Events read and not yet sent (all of them, when kept).
+    pub(crate) events: Vec<RecordedEvent>,
+    slices: Option<&'a UnboundedSender<LogSlice>>,
+    /// How many events were sent, and the position of the last.
+    sent: usize,
+    last_sent: Option<Position>,
+}
+
+impl<'a> Sink<'a> {
+    /// Keeps every event in [`events`](Self::events), with room for
+    /// `expected` of them.
+    pub(crate) fn keep(expected: usize) -> Self {
+        Self {
+            events: Vec::with_capacity(expected),
+            slices: None,
+            sent: 0,
+            last_sent: None,
+        }
+    }
+
+    /// Sends the events to `slices` as they are read.
+    pub(crate) fn send_to(slices: &'a UnboundedSender<LogSlice>) -> Self {
+        Self {
+            slices: Some(slices),
+            ..Self::keep(SLICE)
+        }
+    }
+
+    /// How many events were read.
+    pub(crate) fn len(&self) -> usize {
+        self.sent + self.events.len()
+    }
+
+    /// The position of the last event read.
+    pub(crate) fn last_position(&self) -> Option<Position> {
+        self.events.last().map(|e| e.position).or(self.last_sent)
+    }
+
+    /// Sends the events held once they make a slice.
+    pub(crate) fn pass_on(&mut self) {
+        if self.events.len() >= SLICE {
+            self.send_now();
+        }
+    }
+
+    /// Takes `events` read after those read so far: as they are, when
+    /// sending (they make a slice of their own).
+    pub(crate) fn append(&mut self, mut events: Vec<RecordedEvent>) {
+        let Some(next) = events.last().map(|e| e.position) else {
+            return;
+        };
+        if self.slices.is_some() {
+            self.send_now();
+            std::mem::swap(&mut self.events, &mut events);
+            self.send(next);
+            self.events = events;
+        } else {
+            self.events.append(&mut events);
+        }
+    }
+
+    /// Sends the events held, if there are any.
+    fn send_now(&mut self) {
+        if let Some(last) = self.events.last() {
+            let next = last.position;
+            self.send(next);
+        }
+    }
+
+    /// Sends the events held, if they are to be sent, as a slice that ends
+    /// at `next`.
+    fn send(&mut self, next: Position) {
+        let Some(slices) = self.slices else {
+            return;
+        };
+        let events = std::mem::replace(&mut self.events, Vec::with_capacity(SLICE));
+        self.sent += events.len();
+        self.last_sent = events.last().map(|e| e.position).or(self.last_sent);
+        // A reader that went away wants nothing more.
+        slices.send(LogSlice { events, next }).ok();
+    }
+
+    /// Ends a read sent on: sends what is left as the last slice, which
+    /// ends at `next`.
+    pub(crate) fn finish(mut self, next: Position) -> ReadEnd {
+        self.send(next);
+        ReadEnd {
+            events: self.len(),
+            next,
+        }
+    }
+}
