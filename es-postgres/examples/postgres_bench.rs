@@ -11,7 +11,10 @@
 //! Each workload runs 3 times in a fresh schema, alternating with the same
 //! workload written as plain sqlx (the floor: select the stream, insert with
 //! the version check; a multi-row insert; one plain ordered read of the
-//! position and payload). The table
+//! position and payload). The log read (W5) alternates more closely: each
+//! of its 3 runs fills one schema and reads it in turn, read after read,
+//! through the framework, as the floor and by hand with every column. The
+//! table
 //! shows the median and the spread (min–max) of both, and the framework's
 //! figure as a ratio to the floor, because absolute numbers drift on a
 //! shared machine. The last column compares the CPU time the measured part
@@ -517,23 +520,42 @@ enum W5Reader {
     AllColumns,
 }
 
-/// How many times W5 reads the log in one run: enough CPU time for
-/// `/proc`'s ticks to compare the client's and the server's with the floor's.
-const W5_READS: u64 = 5;
+/// How many times each W5 reader reads the log in one run: enough CPU time
+/// for `/proc`'s ticks to compare the client's and the server's with the
+/// floor's.
+const W5_READS: usize = 5;
 
-/// W5: the whole log in order, decoded into typed events (events/s), read
-/// [`W5_READS`] times.
-async fn w5(b: &mut Bench, reader: W5Reader) -> Res<Sample> {
+/// The W5 readers, in the order [`w5`] answers their samples.
+const W5_READERS: [W5Reader; 3] = [W5Reader::Framework, W5Reader::Floor, W5Reader::AllColumns];
+
+/// W5: the whole log in order, decoded into typed events (events/s). One
+/// run fills the log once and reads it [`W5_READS`] times with each of
+/// [`W5_READERS`] in turn (each first in turn), after one read by each that
+/// is not measured (the first read of a freshly written table also sets
+/// its rows' hint bits). Reading in turn on the same tables lets the
+/// machine's drift from minute to minute fall on all three alike.
+async fn w5(b: &mut Bench) -> Res<[Sample; 3]> {
     let (store, schema) = fill(b).await?;
-    let meter = Meter::start();
-    let mut count = 0u64;
-    for _ in 0..W5_READS {
-        count += read_log(b, &store, &schema, reader).await?;
+    for reader in W5_READERS {
+        read_log(b, &store, &schema, reader).await?;
     }
-    assert_eq!(count, 100_000 * W5_READS);
-    let rate = meter.rate(count as f64);
+    let mut time = [0.0f64; 3];
+    let mut cpu = [Cpu::default(); 3];
+    for round in 0..W5_READS {
+        for turn in 0..W5_READERS.len() {
+            let i = (round + turn) % W5_READERS.len();
+            let meter = Meter::start();
+            read_log(b, &store, &schema, W5_READERS[i]).await?;
+            time[i] += meter.start.elapsed().as_secs_f64();
+            cpu[i] = cpu[i].plus(meter.cpu());
+        }
+    }
     b.drop(&schema).await?;
-    Ok(rate)
+    let events = (100_000 * W5_READS) as f64;
+    Ok([0, 1, 2].map(|i| Sample {
+        value: events / time[i],
+        cpu: cpu[i],
+    }))
 }
 
 /// One W5 read of the whole log; answers how many events it read.
@@ -629,7 +651,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// CPU seconds: this process's, and the local PostgreSQL server's (all
 /// its processes: backends, WAL writer, checkpointer, autovacuum).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Cpu {
     client: f64,
     /// `None` where no `postgres` process can be seen (not Linux, or no
@@ -655,6 +677,17 @@ impl Cpu {
         Self {
             client: cpu_seconds(std::path::Path::new("/proc/self")).unwrap_or(0.0),
             server,
+        }
+    }
+
+    /// The CPU time of two stretches.
+    fn plus(self, other: Self) -> Self {
+        Self {
+            client: self.client + other.client,
+            server: match (self.server, other.server) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            },
         }
     }
 
@@ -886,18 +919,13 @@ async fn main() -> Res<()> {
         ));
     }
     if wanted("w5") {
-        let (fw, floor) = paired(&mut b, async |b, floor| {
-            w5(
-                b,
-                if floor {
-                    W5Reader::Floor
-                } else {
-                    W5Reader::Framework
-                },
-            )
-            .await
-        })
-        .await?;
+        let mut runs: [Vec<Sample>; 3] = Default::default();
+        for _ in 0..3 {
+            for (run, sample) in runs.iter_mut().zip(w5(&mut b).await?) {
+                run.push(sample);
+            }
+        }
+        let [fw, floor, all] = runs.map(|run| Stat::of(&run));
         // The target was set where the floor read 2.1 M rows/s; the same
         // share of this run's floor is the target on this machine.
         let scaled = W5_TARGET / W5_REFERENCE_FLOOR * floor.median;
@@ -911,7 +939,6 @@ async fn main() -> Res<()> {
             Some(floor.clone()),
             target,
         ));
-        let all = three(&mut b, async |b| w5(b, W5Reader::AllColumns).await).await?;
         rows.push((
             "W5 by hand, every column the framework reads",
             all,
