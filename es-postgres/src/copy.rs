@@ -7,8 +7,9 @@
 //! parses itself: a header, then per row a field count and each field's
 //! length (-1 for null) and bytes, then -1 for the end. The columns are
 //! those of the log's page statement: the event's nine, in which the
-//! header row (no position) carries `tail` (as the version) and `pending`
-//! (as the schema version, 1 or 0).
+//! header row (no position) carries `tail` (as the version) and its flags
+//! (as the schema version): `pending`, and for the first part of a split
+//! read whether the part covers all it reads up to.
 
 use chrono::{DateTime, Utc};
 use es_core::{Error, RecordedEvent, Result};
@@ -22,6 +23,7 @@ use crate::row::{
     NULL_SCHEMA_VERSION,
 };
 use crate::sink::Sink;
+use crate::sql::{COVERED, PENDING};
 
 /// The start of a binary `COPY`: its signature, then 32-bit flags and the
 /// length of a header extension.
@@ -33,13 +35,21 @@ const COLUMNS: usize = 9;
 /// One row's fields, `None` for null.
 type Fields<'a> = [Option<&'a [u8]>; COLUMNS];
 
-/// The header row's `tail` (the last event below the page's bound) and
-/// `pending` (whether committed events wait for an older transaction).
-type Header = (Option<i64>, bool);
+/// What a page's header row says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// The last event below the page's bound (when a filter asks for it).
+    pub(crate) tail: Option<i64>,
+    /// Whether committed events wait for an older transaction.
+    pub(crate) pending: bool,
+    /// For the first part of a split read: whether the position it reads
+    /// up to is below its bound.
+    pub(crate) covered: bool,
+}
 
 /// Runs the page statement `sql` (a binary `COPY`) and parses its rows as
 /// they arrive: events into `sink` (which sends them on as they come, if it
-/// is to), and the header row's `tail` and `pending`, which it answers. `context` says what was being read, for
+/// is to), and the header row, which it answers. `context` says what was being read, for
 /// errors.
 ///
 /// A connection left in the middle of a `COPY` cannot serve another
@@ -103,7 +113,7 @@ struct Page {
     partial: Vec<u8>,
     started: bool,
     ended: bool,
-    /// The header row's `tail` and `pending`, once read.
+    /// The header row, once read.
     header: Option<Header>,
     reader: EventReader,
     /// The last recorded time read, as sent and decoded: the events of one
@@ -132,7 +142,7 @@ impl Page {
         Ok(())
     }
 
-    /// The header row's `tail` and `pending`, once every byte was read.
+    /// The header row, once every byte was read.
     fn finish(self) -> std::result::Result<Header, String> {
         if !self.ended || !self.partial.is_empty() {
             return Err("the page's data ended in the middle of a row".to_owned());
@@ -198,11 +208,15 @@ impl Page {
                 return Err("the page has two header rows".to_owned());
             }
             let tail = fields[2].map(|bytes| int8(bytes, "tail")).transpose()?;
-            let pending = match fields[5].map(<[u8; 4]>::try_from) {
-                Some(Ok(flag)) => i32::from_be_bytes(flag) != 0,
-                _ => return Err("the header row's `pending` is not a 4-byte integer".to_owned()),
+            let flags = match fields[5].map(<[u8; 4]>::try_from) {
+                Some(Ok(flags)) => i32::from_be_bytes(flags),
+                _ => return Err("the header row's flags are not a 4-byte integer".to_owned()),
             };
-            self.header = Some((tail, pending));
+            self.header = Some(Header {
+                tail,
+                pending: flags & PENDING != 0,
+                covered: flags & COVERED != 0,
+            });
             return Ok(());
         };
         let position = int8(position, "position")?;
@@ -366,10 +380,10 @@ mod tests {
         out
     }
 
-    fn header_row(tail: Option<i64>, pending: bool) -> Vec<Option<Vec<u8>>> {
+    fn header_row(tail: Option<i64>, flags: i32) -> Vec<Option<Vec<u8>>> {
         let mut row = vec![None; 9];
         row[2] = tail.map(|t| t.to_be_bytes().to_vec());
-        row[5] = Some(i32::from(pending).to_be_bytes().to_vec());
+        row[5] = Some(flags.to_be_bytes().to_vec());
         row
     }
 
@@ -404,13 +418,18 @@ mod tests {
     #[test]
     fn reads_the_header_and_the_events_whatever_the_chunks() {
         let bytes = copy_bytes(&[
-            header_row(Some(40), true),
+            header_row(Some(40), PENDING),
             event_row(10, 1, r#"{"n":1}"#),
             event_row(11, 2, r#"{"n":"ü"}"#),
         ]);
         for size in [1, 2, 3, 7, 19, 64, bytes.len()] {
             let (events, header) = parse_in_chunks(&bytes, size).unwrap();
-            assert_eq!(header, (Some(40), true), "chunks of {size}");
+            let pending = Header {
+                tail: Some(40),
+                pending: true,
+                covered: false,
+            };
+            assert_eq!(header, pending, "chunks of {size}");
             assert_eq!(events.len(), 2);
             assert_eq!(events[0].position.0, 10);
             assert_eq!(events[1].version.0, 2);
@@ -422,9 +441,11 @@ mod tests {
             assert_eq!(events[0].recorded_at.timestamp(), 946_684_801);
             assert_eq!(events[0].metadata.recorded_at, Some(events[0].recorded_at));
         }
-        let (events, header) = parse_in_chunks(&copy_bytes(&[header_row(None, false)]), 5).unwrap();
+        let (events, header) = parse_in_chunks(&copy_bytes(&[header_row(None, 0)]), 5).unwrap();
         assert!(events.is_empty());
-        assert_eq!(header, (None, false));
+        assert_eq!(header, Header::default());
+        let (_, header) = parse_in_chunks(&copy_bytes(&[header_row(None, COVERED)]), 5).unwrap();
+        assert!(header.covered && !header.pending);
     }
 
     #[test]
@@ -434,7 +455,7 @@ mod tests {
         plain[7] = None;
         let mut correlated = event_row(11, 2, "{}");
         correlated[7] = Some(br#"{"correlation_id":"c1"}"#.to_vec());
-        let bytes = copy_bytes(&[header_row(None, false), plain, correlated]);
+        let bytes = copy_bytes(&[header_row(None, 0), plain, correlated]);
         let (events, _) = parse_in_chunks(&bytes, 16).unwrap();
         assert_eq!(events[0].schema_version, 1);
         assert_eq!(events[0].metadata.correlation_id, None);
@@ -446,7 +467,7 @@ mod tests {
     #[test]
     fn each_event_has_its_own_time_when_times_repeat_and_change() {
         let seconds = [1, 1, 2, 1, 3, 3];
-        let mut rows = vec![header_row(None, false)];
+        let mut rows = vec![header_row(None, 0)];
         for (i, second) in seconds.iter().enumerate() {
             let mut row = event_row(10 + i as i64, 1 + i as i64, "{}");
             row[8] = Some((second * 1_000_000i64).to_be_bytes().to_vec());
@@ -466,24 +487,20 @@ mod tests {
     #[test]
     fn malformed_pages_are_errors_that_say_where() {
         let fail = |bytes: &[u8]| parse_in_chunks(bytes, 4).unwrap_err();
-        let good = copy_bytes(&[header_row(Some(1), false), event_row(10, 3, "{}")]);
+        let good = copy_bytes(&[header_row(Some(1), 0), event_row(10, 3, "{}")]);
 
         assert!(fail(&good[..good.len() - 5]).contains("in the middle of a row"));
         assert!(fail(b"PGCOPY\n\xff\r\n\x01 and more bytes").contains("binary COPY format"));
         assert!(fail(&copy_bytes(&[event_row(10, 3, "{}")])).contains("no header row"));
-        assert!(fail(&copy_bytes(&[
-            header_row(None, false),
-            header_row(None, false)
-        ]))
-        .contains("two header rows"));
+        assert!(
+            fail(&copy_bytes(&[header_row(None, 0), header_row(None, 0)]))
+                .contains("two header rows")
+        );
         for pending in [None, Some(vec![1])] {
-            let mut header = header_row(None, true);
+            let mut header = header_row(None, PENDING);
             header[5] = pending;
             let error = fail(&copy_bytes(&[header, event_row(10, 3, "{}")]));
-            assert!(
-                error.contains("`pending` is not a 4-byte integer"),
-                "{error}"
-            );
+            assert!(error.contains("flags are not a 4-byte integer"), "{error}");
         }
         let mut short = event_row(10, 3, "{}");
         short.pop();
@@ -491,14 +508,14 @@ mod tests {
 
         let mut bad_uuid = event_row(10, 3, "{}");
         bad_uuid[3] = Some(vec![1, 2, 3]);
-        let error = fail(&copy_bytes(&[header_row(None, false), bad_uuid]));
+        let error = fail(&copy_bytes(&[header_row(None, 0), bad_uuid]));
         assert!(
             error.contains("event id of stream `s-1` v3 at position 10"),
             "{error}"
         );
         let mut bad_text = event_row(10, 3, "{}");
         bad_text[6] = Some(vec![0xff, 0xfe]);
-        let error = fail(&copy_bytes(&[header_row(None, false), bad_text]));
+        let error = fail(&copy_bytes(&[header_row(None, 0), bad_text]));
         assert!(error.contains("payload of stream `s-1` v3"), "{error}");
         // Text that is not UTF-8 in the other text columns, after a good
         // row (whose stream id and type the parser then reuses).
@@ -506,7 +523,7 @@ mod tests {
             let mut bad = event_row(11, 4, "{}");
             bad[column] = Some(b"Add\xffed".to_vec());
             let error = fail(&copy_bytes(&[
-                header_row(None, false),
+                header_row(None, 0),
                 event_row(10, 3, "{}"),
                 bad,
             ]));
@@ -517,7 +534,7 @@ mod tests {
         }
         let mut infinite = event_row(10, 3, "{}");
         infinite[8] = Some(i64::MAX.to_be_bytes().to_vec());
-        let error = fail(&copy_bytes(&[header_row(None, false), infinite]));
+        let error = fail(&copy_bytes(&[header_row(None, 0), infinite]));
         assert!(
             error.contains("recorded time") && error.contains("infinity"),
             "{error}"

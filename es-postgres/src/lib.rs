@@ -134,10 +134,14 @@
 //! value) is closed rather than reused. A page of the whole log of 16,384
 //! events or more (a catch-up's) is read in two parts at once, on two
 //! connections, so that two server processes send it: the second part
-//! starts at the last event of the first, which an index-only scan finds
-//! meanwhile, and is kept only if the first part ends there (otherwise the
-//! first part alone is the page). With two cores, a catch-up reads 15 to
-//! 25 % more events per second so. Read through
+//! starts where the positions per event of the last large read place the
+//! middle of the page, and is kept only if the first part holds every event
+//! up to there (that position is below the first part's gap-safety bound,
+//! and the first part ended short of the whole page). Otherwise the first
+//! part alone is the page; a page of both parts that falls short because
+//! the estimate was low reads on at once. The first large read of a store
+//! is one part; it measures the density. With two cores, a catch-up reads
+//! 15 to 25 % more events per second so. Read through
 //! [`read_all_into`](es_core::EventStore::read_all_into) (as the log reader
 //! and so the projection runner read), a page is sent on in slices of
 //! 1,024 events as they are parsed, the second part of a split read as one

@@ -16,8 +16,10 @@ pub(crate) struct Sink<'a> {
     /// Events read and not yet sent (all of them, when kept).
     pub(crate) events: Vec<RecordedEvent>,
     slices: Option<&'a UnboundedSender<LogSlice>>,
-    /// How many events were sent, and the position of the last.
+    /// How many events were sent, and the positions of the first and the
+    /// last.
     sent: usize,
+    first_sent: Option<Position>,
     last_sent: Option<Position>,
 }
 
@@ -29,6 +31,7 @@ impl<'a> Sink<'a> {
             events: Vec::with_capacity(expected),
             slices: None,
             sent: 0,
+            first_sent: None,
             last_sent: None,
         }
     }
@@ -44,6 +47,11 @@ impl<'a> Sink<'a> {
     /// How many events were read.
     pub(crate) fn len(&self) -> usize {
         self.sent + self.events.len()
+    }
+
+    /// The position of the first event read.
+    pub(crate) fn first_position(&self) -> Option<Position> {
+        self.first_sent.or(self.events.first().map(|e| e.position))
     }
 
     /// The position of the last event read.
@@ -90,6 +98,7 @@ impl<'a> Sink<'a> {
         };
         let events = std::mem::replace(&mut self.events, Vec::with_capacity(SLICE));
         self.sent += events.len();
+        self.first_sent = self.first_sent.or(events.first().map(|e| e.position));
         self.last_sent = events.last().map(|e| e.position).or(self.last_sent);
         // A reader that went away wants nothing more.
         slices.send(LogSlice { events, next }).ok();

@@ -83,9 +83,10 @@ pub(crate) struct Statements {
     /// [`AFTER`] and [`LIMIT`] where the numbers go (see
     /// [`Statements::copy_page`]).
     copy_page: [String; 2],
+    /// [`Statements::copy_part`]'s statement.
+    copy_part: String,
     pub(crate) head: String,
     pub(crate) head_unprotected: String,
-    pub(crate) nth_readable: String,
     pub(crate) probe: String,
     pub(crate) probe_unprotected: String,
     pub(crate) find_key: String,
@@ -109,6 +110,18 @@ const AFTER: &str = "\u{1}after\u{1}";
 
 /// Where a page's `COPY` has its size.
 const LIMIT: &str = "\u{1}limit\u{1}";
+
+/// Where the first part of a split read has the position it reads up to.
+const UPTO: &str = "\u{1}upto\u{1}";
+
+/// The bit of a page header's flags (in its `schema_version` column) that
+/// says committed events wait for an older transaction (`pending`).
+pub(crate) const PENDING: i32 = 1;
+
+/// The bit of a part's header flags that says the position it reads up to
+/// is below its bound: every event up to there is then in the part, or
+/// past its size.
+pub(crate) const COVERED: i32 = 2;
 
 /// How many low bits of a position hold the event's index in its append;
 /// the bits above hold the appending transaction's id (see the crate docs).
@@ -245,6 +258,17 @@ impl Statements {
         let template = &self.copy_page[usize::from(!protected)];
         template
             .replace(AFTER, &after.to_string())
+            .replace(LIMIT, &limit.to_string())
+    }
+
+    /// The first part of a split read, as a binary `COPY`: at most `limit`
+    /// events after `after` and up to `upto`, below the bound; its header's
+    /// flags say [`PENDING`] and whether `upto` is below the bound
+    /// ([`COVERED`]).
+    pub(crate) fn copy_part(&self, after: i64, upto: i64, limit: i64) -> String {
+        self.copy_part
+            .replace(AFTER, &after.to_string())
+            .replace(UPTO, &upto.to_string())
             .replace(LIMIT, &limit.to_string())
     }
 
@@ -387,16 +411,19 @@ impl Statements {
             copy(protected("", AFTER, LIMIT)),
             copy(unprotected("", AFTER, LIMIT)),
         ];
+        let copy_part = copy(page(
+            "SELECT NULL::int8",
+            &format!("{pending}::int4 * {PENDING} + ({UPTO} < {bound})::int4 * {COVERED}"),
+            format!(
+                "SELECT {cols} FROM {s}.events
+                 WHERE position > {AFTER} AND position <= {UPTO} AND position < {bound}
+                 ORDER BY position {}",
+                limit_by(LIMIT)
+            ),
+        ));
         let head = format!(
             "SELECT (SELECT max(position) FROM {s}.events WHERE position < {bound}) AS head,
                     {pending} AS pending"
-        );
-        // The position of the readable event `$2` (from 0) after `$1`: where
-        // the second part of a split read starts. An index-only scan of the
-        // primary key.
-        let nth_readable = format!(
-            "SELECT position FROM {s}.events WHERE position > $1 AND position < {bound}
-             ORDER BY position OFFSET $2 LIMIT 1"
         );
         let head_unprotected =
             format!("SELECT max(position) AS head, false AS pending FROM {s}.events");
@@ -448,9 +475,9 @@ impl Statements {
             read_all_filtered,
             read_all_filtered_unprotected,
             copy_page,
+            copy_part,
             head,
             head_unprotected,
-            nth_readable,
             probe,
             probe_unprotected,
             find_key: format!(

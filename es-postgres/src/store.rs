@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use crate::row::{
     stored_schema_version, timestamp, to_i32, to_i64, to_u64, EventColumns, EventReader,
 };
 use crate::sink::Sink;
-use crate::sql::{Statements, MAX_APPEND};
+use crate::sql::{Statements, MAX_APPEND, PENDING};
 use crate::tx::PgTx;
 
 /// The store's migrations, embedded in the binary. [`PgEventStore`] runs
@@ -257,6 +258,7 @@ impl PgStoreOptions {
                 poll_interval: self.poll_interval,
                 gap_protection: self.gap_protection,
                 signals: Signals::new(self.notify_interval),
+                span: AtomicU64::new(0),
             }),
             inline: Arc::from(Vec::new()),
             lease: None,
@@ -378,6 +380,9 @@ struct Shared {
     poll_interval: Duration,
     gap_protection: bool,
     signals: Signals,
+    /// The positions per event of the last large read of the whole log (0
+    /// before one), where a split read's second part starts.
+    span: AtomicU64,
 }
 
 impl fmt::Debug for PgEventStore {
@@ -644,28 +649,32 @@ impl PgEventStore {
         Ok(row)
     }
 
-    /// Reads a page of the global log into `sink` and answers the header
-    /// row's `tail` and `pending` (see the page statement in `sql.rs`). A page of the whole log is a binary
-    /// `COPY` ([`copy::read_page`]); a page of some event types is the
-    /// prepared statement with the types bound, each row turned into an
-    /// event as it arrives (while the server still sends the rest).
+    /// Reads a page of the global log into `sink` and answers how it ended
+    /// (its header row; see the page statement in `sql.rs`). A page of the
+    /// whole log is a binary `COPY` ([`copy::read_page`]); a page of some
+    /// event types is the prepared statement with the types bound, each
+    /// row turned into an event as it arrives (while the server still
+    /// sends the rest).
     async fn fetch_page(
         &self,
         after: Position,
         limit: i64,
         filter: &EventFilter,
         sink: &mut Sink<'_>,
-    ) -> Result<(Option<i64>, bool)> {
+    ) -> Result<PageEnd> {
         let context = || log_read_context(after.0);
         let sql = &self.shared.sql;
         let protected = self.shared.gap_protection;
         let after = to_i64(after.0, "position")?;
         let Some(types) = &filter.event_types else {
             if protected && limit >= SPLIT_READ {
-                return self.read_split(after, limit, &context, sink).await;
+                if let Some(end) = self.read_split(after, limit, &context, sink).await? {
+                    return Ok(end);
+                }
             }
             let page = sql.copy_page(protected, after, limit);
-            return copy::read_page(&self.shared.pool, &page, &context, sink).await;
+            let header = copy::read_page(&self.shared.pool, &page, &context, sink).await?;
+            return Ok(PageEnd::of(header));
         };
         let statement = if protected {
             &sql.read_all_filtered
@@ -684,15 +693,19 @@ impl PgEventStore {
                 sink.events.push(reader.read_at(&row, position)?);
                 sink.pass_on();
             } else {
-                // `tail` and `pending` in the columns of version and schema
+                // `tail` and the flags in the columns of version and schema
                 // version (see the page statement).
-                header = Some((
-                    row.try_get::<Option<i64>, _>("version")
+                header = Some(PageEnd {
+                    tail: row
+                        .try_get::<Option<i64>, _>("version")
                         .map_err(db_error_in(&context))?,
-                    row.try_get::<i32, _>("schema_version")
+                    pending: row
+                        .try_get::<i32, _>("schema_version")
                         .map_err(db_error_in(&context))?
+                        & PENDING
                         != 0,
-                ));
+                    more: false,
+                });
             }
         }
         header.ok_or_else(|| Error::Store {
@@ -703,63 +716,70 @@ impl PgEventStore {
 
     /// Reads an unfiltered page of `limit` events as two parts at once, on
     /// two connections, so that two server processes send them: the first
-    /// from `after`; the second from the position of the first's last
-    /// event, which an index-only scan finds meanwhile. The second part is
-    /// kept only when the first ends at that event (it then holds every
-    /// event up to it: all are below its bound, so their transactions have
-    /// ended); otherwise the first part alone is the page (a transaction
-    /// ended between the two statements, or the log has fewer events).
-    /// Answers the header row of the last part kept.
+    /// from `after` up to a position where about half the page is expected
+    /// to end (by the positions per event of the last large read, the
+    /// log's recent density), the second from that position on. `None`
+    /// when no read has measured the density yet.
     ///
-    /// The first part is the larger ([`FIRST_PART`]): the second starts
-    /// only after the scan, which costs about a quarter of reading as many
-    /// events, so the two then end at about the same time.
+    /// The second part is kept when the first holds every event up to where
+    /// it reads to: that position is below the first part's bound (so the
+    /// transactions of all events up to it have ended), and the first part
+    /// ended before its size (the whole page). It is then cut to what fits
+    /// in the page; otherwise the first part alone is the page. A page of
+    /// both parts that ends short of its size, because the first part had
+    /// fewer events than expected, says that more may follow at once
+    /// ([`PageEnd::more`]).
     async fn read_split(
         &self,
         after: i64,
         limit: i64,
         context: &(dyn Fn() -> String + Sync),
         sink: &mut Sink<'_>,
-    ) -> Result<(Option<i64>, bool)> {
-        let first = limit * FIRST_PART.0 / FIRST_PART.1;
+    ) -> Result<Option<PageEnd>> {
+        let span = i64::try_from(self.shared.span.load(Ordering::Relaxed)).unwrap_or(0);
+        let half = limit / 2;
+        let Some(upto) = span
+            .checked_mul(half)
+            .and_then(|distance| after.checked_add(distance))
+            .filter(|_| span > 0)
+        else {
+            return Ok(None);
+        };
         let shared = Arc::clone(&self.shared);
         let second = tokio::spawn(async move {
-            let context = || log_read_context(after);
-            let mid: Option<i64> = sqlx::query_scalar(&shared.sql.nth_readable)
-                .bind(after)
-                .bind(first - 1)
-                .fetch_optional(&shared.pool)
-                .await
-                .map_err(db_error_in(&context))?;
-            let Some(mid) = mid else {
-                return Ok(None);
-            };
-            let page = shared.sql.copy_page(true, mid, limit - first);
-            let mut rest = Sink::keep(usize::try_from(limit - first).unwrap_or(0));
+            let context = || log_read_context(upto);
+            let page = shared.sql.copy_page(true, upto, limit - half);
+            let mut rest = Sink::keep(usize::try_from(limit - half).unwrap_or(0));
             let header = copy::read_page(&shared.pool, &page, &context, &mut rest).await?;
-            Ok::<_, Error>(Some((mid, rest.events, header)))
+            Ok::<_, Error>((rest.events, header))
         });
         // Dropped (this read failed or was cancelled), the second part
         // stops too.
         let mut second = AbortOnDrop(second);
-        let page = self.shared.sql.copy_page(true, after, first);
         let before = sink.len();
-        let (tail, pending) = copy::read_page(&self.shared.pool, &page, context, sink).await?;
-        let second = (&mut second.0).await.map_err(|error| {
+        let page = self.shared.sql.copy_part(after, upto, limit);
+        let first = copy::read_page(&self.shared.pool, &page, context, sink).await?;
+        let (mut rest, header) = (&mut second.0).await.map_err(|error| {
             Error::store(format!("{}: the second part ended", context()), error)
         })??;
-        let full = sink.len() - before >= usize::try_from(first).unwrap_or(usize::MAX);
-        match second {
-            Some((mid, rest, header))
-                if full
-                    && sink.last_position().and_then(|p| i64::try_from(p.0).ok()) == Some(mid) =>
-            {
-                sink.append(rest);
-                Ok(header)
-            }
-            // The first part is the page; full, it has nothing to wait for.
-            _ => Ok((tail, pending && !full)),
+        let size = usize::try_from(limit).unwrap_or(usize::MAX);
+        let read = sink.len() - before;
+        if !first.covered || read >= size {
+            // The first part is the page: it may not hold every event up
+            // to where the second starts. Full, it has nothing to wait for.
+            return Ok(Some(PageEnd {
+                pending: first.pending && read < size,
+                ..PageEnd::of(first)
+            }));
         }
+        let second_full = rest.len() >= usize::try_from(limit - half).unwrap_or(usize::MAX);
+        let cut = rest.len() > size - read;
+        rest.truncate(size - read);
+        sink.append(rest);
+        Ok(Some(PageEnd {
+            more: second_full || cut,
+            ..PageEnd::of(header)
+        }))
     }
 
     /// Reads at most `limit` events of the log after `after` into `sink`;
@@ -776,19 +796,22 @@ impl PgEventStore {
         let mut backoff = Duration::from_millis(1);
         while sink.len() < limit {
             let room = i64::try_from(limit - sink.len()).unwrap_or(i64::MAX);
-            let (tail, pending) = self.fetch_page(cursor, room, filter, sink).await?;
+            let end = self.fetch_page(cursor, room, filter, sink).await?;
             let full = sink.len() >= limit;
             // A full page ends at its last event; another, at the last
             // event below its bound (`tail`), whether the filter kept it or
             // not: every event up to there was read.
-            cursor = match (sink.last_position(), tail) {
-                (Some(last), _) if full => last,
+            cursor = match (sink.last_position(), end.tail) {
+                (Some(last), _) if full || end.more => last,
                 (_, Some(tail)) => Position(to_u64(tail, "position")?),
                 (Some(last), None) => last,
                 (None, None) => cursor,
             }
             .max(cursor);
-            if full || !pending || waited >= PENDING_WAIT {
+            if full || end.more {
+                continue;
+            }
+            if !end.pending || waited >= PENDING_WAIT {
                 break;
             }
             // Committed events wait for an older transaction, most often
@@ -798,7 +821,23 @@ impl PgEventStore {
             waited += backoff;
             backoff = (backoff * 2).min(Duration::from_millis(20));
         }
+        if filter.event_types.is_none() {
+            self.measure_density(sink);
+        }
         Ok(cursor)
+    }
+
+    /// Keeps the positions per event of a large read of the whole log, by
+    /// which the next split read places the start of its second part.
+    fn measure_density(&self, sink: &Sink<'_>) {
+        if sink.len() < DENSITY_SAMPLE {
+            return;
+        }
+        if let (Some(first), Some(last)) = (sink.first_position(), sink.last_position()) {
+            let span =
+                last.0.saturating_sub(first.0) / u64::try_from(sink.len() - 1).unwrap_or(u64::MAX);
+            self.shared.span.store(span.max(1), Ordering::Relaxed);
+        }
     }
 
     /// Whether events after `after` are readable now, and whether committed
@@ -835,8 +874,31 @@ fn log_read_context(after: impl fmt::Display) -> String {
 /// The smallest unfiltered read that [`PgEventStore::read_split`] splits.
 const SPLIT_READ: i64 = 16_384;
 
-/// The share of a split read that its first part reads (4/7).
-const FIRST_PART: (i64, i64) = (4, 7);
+/// How many events a read of the whole log has at least for its positions
+/// per event to place the split of the next large read.
+const DENSITY_SAMPLE: usize = 1024;
+
+/// How a page of the log ended.
+#[derive(Clone, Copy, Debug)]
+struct PageEnd {
+    /// The last event below the page's bound (a filtered page's).
+    tail: Option<i64>,
+    /// Whether committed events wait for an older transaction.
+    pending: bool,
+    /// Whether the page ended at its size rather than where the log's
+    /// readable events do, so that the read goes on at once.
+    more: bool,
+}
+
+impl PageEnd {
+    fn of(header: copy::Header) -> Self {
+        Self {
+            tail: header.tail,
+            pending: header.pending,
+            more: false,
+        }
+    }
+}
 
 /// A spawned task, aborted when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::counted;
+
 use es_core::{
-    AppendOptions, EventFilter, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Position,
-    StreamId, Version,
+    AppendOptions, EventFilter, EventStore, ExpectedVersion, Position, StreamId, Version,
 };
 use es_postgres::{PgEventStore, PgStoreOptions};
 
@@ -45,18 +46,6 @@ async fn entries_for_a_page(store: &PgEventStore, filter: &EventFilter, limit: u
     index_entries_read(store, "events_pkey").await - before
 }
 
-fn counted(count: usize) -> Vec<NewEvent> {
-    (0..count)
-        .map(|n| NewEvent {
-            event_id: EventId::new(),
-            event_type: "Counted".to_owned(),
-            schema_version: 1,
-            payload: serde_json::json!({ "n": n }).into(),
-            metadata: Metadata::default(),
-        })
-        .collect()
-}
-
 /// Appends `STREAMS` streams of `PER_STREAM` events, then has the table's
 /// statistics taken, as they are in production: the planner knows its size.
 async fn fill(store: &PgEventStore) {
@@ -85,9 +74,8 @@ async fn a_large_page_reads_the_index_up_to_its_end_only() {
         fill(&store).await;
         // A quarter of the log in one page: far more than the planner
         // expects to match a cursor it cannot see; then most of the log,
-        // which the store reads in two parts (the second found by an
-        // index-only scan of the first: about one and a half pages of
-        // entries).
+        // which the store reads in two parts (the second starting where the
+        // density of the reads before places the middle of the page).
         for limit in [STREAMS * PER_STREAM / 4, 16_384] {
             for filter in [EventFilter::all(), EventFilter::types(["Counted"])] {
                 let read = entries_for_a_page(&store, &filter, limit).await;

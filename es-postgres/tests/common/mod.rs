@@ -212,3 +212,16 @@ pub async fn fixture(
         .expect("open the store in a fresh schema");
     (store, SchemaGuard(schema, serial))
 }
+
+/// `count` events of type `Counted`, numbered from 0 in their payloads.
+pub fn counted(count: usize) -> Vec<es_core::NewEvent> {
+    (0..count)
+        .map(|n| es_core::NewEvent {
+            event_id: es_core::EventId::new(),
+            event_type: "Counted".to_owned(),
+            schema_version: 1,
+            payload: serde_json::json!({ "n": n }).into(),
+            metadata: es_core::Metadata::default(),
+        })
+        .collect()
+}
