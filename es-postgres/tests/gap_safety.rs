@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use es_core::{
-    AppendOptions, BoxError, EventFilter, EventId, EventStore, ExpectedVersion, LogSlice, Metadata,
-    NewEvent, Position, Projection, RecordedEvent, StreamId,
+    AppendOptions, BoxError, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Position,
+    Projection, RecordedEvent, StreamId,
 };
 use es_postgres::{PgEventStore, PgStoreOptions, PgTx};
 use serde_json::json;
@@ -136,31 +136,6 @@ const FOLLOWING: Reading = Reading {
     sent_on: false,
 };
 
-/// One read of the log as `reading` says: its events, and where it ends.
-async fn read(store: &PgEventStore, after: Position, reading: Reading) -> LogSlice {
-    if !reading.sent_on {
-        return store
-            .read_all(after, &EventFilter::all(), reading.limit)
-            .await
-            .expect("read the global log");
-    }
-    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-    let end = store
-        .read_all_into(after, &EventFilter::all(), reading.limit, &sender)
-        .await
-        .expect("read the global log");
-    drop(sender);
-    let mut events = Vec::new();
-    while let Some(slice) = receiver.recv().await {
-        events.extend(slice.events);
-    }
-    assert_eq!(events.len(), end.events, "every event sent is counted");
-    LogSlice {
-        events,
-        next: end.next,
-    }
-}
-
 /// What the subscriber saw.
 #[derive(Debug, Default)]
 struct Report {
@@ -217,7 +192,7 @@ async fn follow_while_writing(store: PgEventStore, seed: u64, reading: Reading) 
     let mut idle_after_done = 0;
     let mut finished = false;
     while Instant::now() < deadline && !finished {
-        let slice = read(&store, after, reading).await;
+        let slice = common::read_log(&store, after, reading.limit, reading.sent_on).await;
         if slice.events.is_empty() {
             if done.load(Ordering::SeqCst) == WRITERS {
                 // Writers are done: every transaction has ended, so the

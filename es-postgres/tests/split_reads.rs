@@ -10,9 +10,7 @@ mod common;
 
 use common::counted;
 
-use es_core::{
-    AppendOptions, EventFilter, EventStore, ExpectedVersion, LogSlice, Position, StreamId,
-};
+use es_core::{AppendOptions, EventStore, ExpectedVersion, Position, StreamId};
 use es_postgres::{PgEventStore, PgStoreOptions};
 
 const LARGE: usize = 2_000;
@@ -59,31 +57,6 @@ async fn fill(store: &PgEventStore) -> Vec<Position> {
         .collect()
 }
 
-/// One read of `PAGE` events after `after`, returned whole or sent on.
-async fn read(store: &PgEventStore, after: Position, sent_on: bool) -> LogSlice {
-    if !sent_on {
-        return store
-            .read_all(after, &EventFilter::all(), PAGE)
-            .await
-            .expect("read the log");
-    }
-    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-    let end = store
-        .read_all_into(after, &EventFilter::all(), PAGE, &sender)
-        .await
-        .expect("read the log");
-    drop(sender);
-    let mut events = Vec::new();
-    while let Some(slice) = receiver.recv().await {
-        events.extend(slice.events);
-    }
-    assert_eq!(events.len(), end.events);
-    LogSlice {
-        events,
-        next: end.next,
-    }
-}
-
 #[tokio::test]
 async fn split_reads_stay_whole_and_complete_where_the_density_changes() {
     common::with_store(PgStoreOptions::new(), 4, |store| async move {
@@ -94,7 +67,7 @@ async fn split_reads_stay_whole_and_complete_where_the_density_changes() {
             let mut sizes = Vec::new();
             let mut after = Position::START;
             for _ in 0..log.len() / PAGE + 3 {
-                let slice = read(&store, after, sent_on).await;
+                let slice = common::read_log(&store, after, PAGE, sent_on).await;
                 if slice.events.is_empty() {
                     break;
                 }

@@ -225,3 +225,36 @@ pub fn counted(count: usize) -> Vec<es_core::NewEvent> {
         })
         .collect()
 }
+
+/// One read of at most `limit` events of the whole log after `after`:
+/// returned whole (`read_all`), or sent on in slices (`read_all_into`, as
+/// the log reader reads) and joined here.
+pub async fn read_log(
+    store: &PgEventStore,
+    after: es_core::Position,
+    limit: usize,
+    sent_on: bool,
+) -> es_core::LogSlice {
+    use es_core::{EventFilter, EventStore};
+    if !sent_on {
+        return store
+            .read_all(after, &EventFilter::all(), limit)
+            .await
+            .expect("read the global log");
+    }
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let end = store
+        .read_all_into(after, &EventFilter::all(), limit, &sender)
+        .await
+        .expect("read the global log");
+    drop(sender);
+    let mut events = Vec::new();
+    while let Some(slice) = receiver.recv().await {
+        events.extend(slice.events);
+    }
+    assert_eq!(events.len(), end.events, "every event sent is counted");
+    es_core::LogSlice {
+        events,
+        next: end.next,
+    }
+}
