@@ -249,89 +249,80 @@ where
     /// fails, the error comes after the pages of the events read before
     /// it, and the next call reads again from there.
     pub async fn next_page(&mut self) -> Result<LogSlice> {
-        let mut events = Vec::new();
-        let mut next = self.next;
+        // Wait until a page is in, or the read has ended; the events stay
+        // with the reader meanwhile, so a call dropped midway loses none.
         loop {
-            while events.len() < self.page_size {
-                let Some((slice, end)) = self.buffered.front_mut() else {
-                    break;
-                };
-                if events.capacity() == 0 && slice.len() > 0 {
-                    events.reserve_exact(self.page_size);
-                }
-                events.extend(slice.by_ref().take(self.page_size - events.len()));
-                // A page that ends inside a slice ends at its last event;
-                // one that ends with a slice, where the slice does (past
-                // events a filter dropped, at the end of a read).
-                if slice.len() == 0 {
-                    next = *end;
-                    self.buffered.pop_front();
-                } else if let Some(last) = events.last() {
-                    next = last.position;
-                }
-            }
-            if events.len() >= self.page_size {
+            self.read_ahead().await;
+            if self.buffered_events() >= self.page_size {
                 break;
             }
-            self.read_ahead().await;
-            if !self.buffered.is_empty() {
-                // The current read's last slices, taken in to size the next.
-                continue;
-            }
-            let mut read = match self.current.take() {
-                Some(read) => read,
-                None => self.start(self.received),
-            };
+            let read = self.current.get_or_insert_with(|| {
+                start(&self.store, &self.filter, self.next_read, self.received)
+            });
             if let Some(slice) = read.slices.recv().await {
-                self.current = Some(read);
                 self.receive(slice);
                 continue;
             }
             // Every slice of the current read is in: how did it end?
+            let asked = read.asked;
             match read.end().await {
                 Err(error) => {
+                    // The events read before the failure come first next
+                    // time, then a new read from where they end.
                     self.cancel();
-                    // The events of this page come first next time.
-                    if !events.is_empty() {
-                        self.buffered.push_front((events.into_iter(), next));
-                    }
                     return Err(error);
                 }
-                Ok(end) if end.events >= read.asked => {
-                    self.current = Some(match self.ahead.take() {
+                Ok(end) if end.events >= asked => {
+                    let next = match self.ahead.take() {
                         Some(ahead) => ahead,
-                        None => self.start(end.next),
-                    });
+                        None => start(&self.store, &self.filter, self.next_read, end.next),
+                    };
+                    self.current = Some(next);
                 }
                 // The read reached the end of the log. A new read may find
-                // events appended since, if this one found any.
+                // events appended since, if this one found any and they
+                // were handed out.
                 Ok(end) => {
-                    if !events.is_empty() || end.events == 0 {
+                    self.current = None;
+                    if self.buffered_events() > 0 || end.events == 0 {
                         break;
                     }
                 }
             }
         }
-        self.read_ahead().await;
-        self.next = next;
-        Ok(LogSlice { events, next })
+        Ok(self.take_page())
     }
 
-    /// Starts a read after `after`, of the size the events say.
-    fn start(&self, after: Position) -> Read {
-        let (sender, slices) = unbounded_channel();
-        let store = Arc::clone(&self.store);
-        let filter = Arc::clone(&self.filter);
-        let asked = self.next_read;
-        let task =
-            tokio::spawn(async move { store.read_all_into(after, &filter, asked, &sender).await });
-        Read {
-            slices,
-            task,
-            after,
-            asked,
-            outcome: None,
+    /// How many events were received and not yet handed out.
+    fn buffered_events(&self) -> usize {
+        self.buffered.iter().map(|(slice, _)| slice.len()).sum()
+    }
+
+    /// Hands out the next page of what was received: the reader then
+    /// stands at its end.
+    fn take_page(&mut self) -> LogSlice {
+        let mut events = Vec::new();
+        let mut next = self.next;
+        while events.len() < self.page_size {
+            let Some((slice, end)) = self.buffered.front_mut() else {
+                break;
+            };
+            if events.capacity() == 0 && slice.len() > 0 {
+                events.reserve_exact(self.page_size);
+            }
+            events.extend(slice.by_ref().take(self.page_size - events.len()));
+            // A page that ends inside a slice ends at its last event; one
+            // that ends with a slice, where the slice does (past events a
+            // filter dropped, at the end of a read).
+            if slice.len() == 0 {
+                next = *end;
+                self.buffered.pop_front();
+            } else if let Some(last) = events.last() {
+                next = last.position;
+            }
         }
+        self.next = next;
+        LogSlice { events, next }
     }
 
     /// Takes a slice the current read sent, and sizes the next read by its
@@ -356,13 +347,10 @@ where
         let Some(read) = &mut self.current else {
             return;
         };
-        if self.ahead.is_some() || !read.task.is_finished() {
+        if self.ahead.is_some() || read.outcome.is_some() || !read.task.is_finished() {
             return;
         }
-        let mut slices = Vec::new();
-        while let Ok(slice) = read.slices.try_recv() {
-            slices.push(slice);
-        }
+        // Finished: its outcome is there at once.
         let end = read.end().await;
         let ahead = match &end {
             Ok(end) if end.events >= read.asked => Some(end.next),
@@ -371,12 +359,35 @@ where
             _ => None,
         };
         read.outcome = Some(end);
+        let mut slices = Vec::new();
+        while let Ok(slice) = read.slices.try_recv() {
+            slices.push(slice);
+        }
         for slice in slices {
             self.receive(slice);
         }
         if let Some(after) = ahead {
-            self.ahead = Some(self.start(after));
+            self.ahead = Some(start(&self.store, &self.filter, self.next_read, after));
         }
+    }
+}
+
+/// Starts reading `asked` events of `store` after `after` on a tokio task.
+fn start<S>(store: &Arc<S>, filter: &Arc<EventFilter>, asked: usize, after: Position) -> Read
+where
+    S: EventStore + ?Sized + 'static,
+{
+    let (sender, slices) = unbounded_channel();
+    let store = Arc::clone(store);
+    let filter = Arc::clone(filter);
+    let task =
+        tokio::spawn(async move { store.read_all_into(after, &filter, asked, &sender).await });
+    Read {
+        slices,
+        task,
+        after,
+        asked,
+        outcome: None,
     }
 }
 

@@ -181,6 +181,8 @@ struct Counted {
     slices_of: Option<usize>,
     /// The read (counted from 1) that fails once it has sent one slice.
     failing: Option<usize>,
+    /// How long a read waits before each slice after its first.
+    pause: Duration,
 }
 
 #[async_trait]
@@ -231,6 +233,9 @@ impl EventStore for Counted {
         let count = self.asked.lock().expect("lock").len();
         let size = self.slices_of.unwrap_or(usize::MAX);
         for (i, part) in read.events.chunks(size).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(self.pause).await;
+            }
             if i == 1 && self.failing == Some(count) {
                 return Err(Error::store(
                     "the connection broke",
@@ -381,5 +386,30 @@ async fn a_read_that_fails_midway_hands_out_what_it_sent_then_the_error_then_the
         asked[..3],
         [3, 9, 9],
         "the failed read, then one from where it failed: {asked:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_page_call_dropped_while_a_read_is_under_way_loses_no_event() {
+    let store = Arc::new(Counted {
+        slices_of: Some(2),
+        pause: Duration::from_millis(200),
+        ..Counted::default()
+    });
+    append_sized(&store, "s-1", 10, 10).await;
+    let mut reader =
+        LogReader::new(Arc::clone(&store), Position::START, EventFilter::all(), 3).read_size(9);
+    let first = reader.next_page().await.unwrap();
+    assert_eq!(first.events.len(), 3);
+    // The next read sends two events, then pauses: a page of three is not
+    // in when the call is dropped.
+    let dropped = tokio::time::timeout(Duration::from_millis(50), reader.next_page()).await;
+    assert!(dropped.is_err(), "the page should still be waiting");
+    assert_eq!(reader.position(), first.next);
+    let (_, seen) = read_to_end(&mut reader).await;
+    assert_eq!(
+        seen,
+        (4..=10).collect::<Vec<_>>(),
+        "every event once, in order"
     );
 }
