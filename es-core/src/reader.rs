@@ -47,11 +47,13 @@ fn footprint(event: &RecordedEvent) -> usize {
             .sum::<usize>()
 }
 
-/// How many events of a read [`average_footprint`] looks at, at most.
-const FOOTPRINT_SAMPLES: usize = 1024;
+/// How many events of a slice [`average_footprint`] looks at, at most: the
+/// reader sizes its reads by every slice it receives, so a sample keeps
+/// that off the cost of each event.
+const FOOTPRINT_SAMPLES: usize = 64;
 
-/// About how much memory each of `events` holds, from a sample of them
-/// spread evenly over the read (a read's events are mostly alike, and the
+/// About how much memory each of `events` holds, from a sample
+/// spread evenly over them (a read's events are mostly alike, and the
 /// bound on a read's bytes is an estimate either way). Zero for no events.
 fn average_footprint(events: &[RecordedEvent]) -> usize {
     let step = events.len().div_ceil(FOOTPRINT_SAMPLES).max(1);

@@ -59,31 +59,29 @@ impl<'a> Sink<'a> {
         self.events.last().map(|e| e.position).or(self.last_sent)
     }
 
-    /// Sends the events held once they make a slice.
+    /// Sends the events held once they make a slice, and makes room for
+    /// the next.
     pub(crate) fn pass_on(&mut self) {
-        if self.events.len() >= SLICE {
-            self.send_now();
+        if self.events.len() >= SLICE && self.slices.is_some() {
+            self.send_held();
+            self.events.reserve(SLICE);
         }
     }
 
     /// Takes `events` read after those read so far: as they are, when
     /// sending (they make a slice of their own).
     pub(crate) fn append(&mut self, mut events: Vec<RecordedEvent>) {
-        let Some(next) = events.last().map(|e| e.position) else {
-            return;
-        };
         if self.slices.is_some() {
-            self.send_now();
-            std::mem::swap(&mut self.events, &mut events);
-            self.send(next);
+            self.send_held();
             self.events = events;
+            self.send_held();
         } else {
             self.events.append(&mut events);
         }
     }
 
     /// Sends the events held, if there are any.
-    fn send_now(&mut self) {
+    fn send_held(&mut self) {
         if let Some(last) = self.events.last() {
             let next = last.position;
             self.send(next);
@@ -96,7 +94,7 @@ impl<'a> Sink<'a> {
         let Some(slices) = self.slices else {
             return;
         };
-        let events = std::mem::replace(&mut self.events, Vec::with_capacity(SLICE));
+        let events = std::mem::take(&mut self.events);
         self.sent += events.len();
         self.first_sent = self.first_sent.or(events.first().map(|e| e.position));
         self.last_sent = events.last().map(|e| e.position).or(self.last_sent);
